@@ -1,0 +1,33 @@
+# One-command entry points. Each target creates .venv from pyproject.toml when missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Two OpenMP pools on two cores are very slow: libraries get one thread per process
+# unless a command sets its own n_jobs.
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup test demo bench lint clean
+
+$(BIN)/ftml: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "Need $(PYTHON) on PATH (Python 3.11)."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(BIN)/ftml
+
+setup: $(BIN)/ftml
+
+test: setup
+	$(BIN)/ruff check ml strategies tests bench
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/ftml demo --config config.json
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+lint: setup
+	$(BIN)/ruff check ml strategies tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

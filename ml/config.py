@@ -1,0 +1,169 @@
+"""Typed settings for the ``"ml"`` section of a freqtrade config.json.
+
+One file is the single source of truth: freqtrade reads its own keys, the ``ml`` package
+and the strategies read the ``"ml"`` section through :func:`load` / :func:`from_dict`.
+Unknown keys are refused (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FeatureGroup = Literal["returns", "trend", "momentum", "volatility", "volume", "calendar", "higher_tf"]
+ModelFamily = Literal["xgboost", "lightgbm", "hist_gb", "logistic"]
+ALL_GROUPS: tuple[str, ...] = FeatureGroup.__args__  # type: ignore[attr-defined]
+ALL_FAMILIES: tuple[str, ...] = ModelFamily.__args__  # type: ignore[attr-defined]
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with config.json; the message is one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegistrySettings(_Section):
+    path: str = Field("registry", description="Registry store folder, relative to config.json.")
+
+
+class ModelSettings(_Section):
+    name: str = Field("trend_pullback", pattern=r"^[A-Za-z0-9_.-]+$", min_length=1)
+
+
+class FeatureSettings(_Section):
+    groups: list[FeatureGroup] = Field(default_factory=lambda: list(ALL_GROUPS), min_length=1)
+    periods: list[int] = Field(default_factory=lambda: [6, 14, 30, 60])
+    higher_timeframes: list[str] = Field(default_factory=lambda: ["1h", "4h"])
+    correlation_pruning: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _periods_positive(self) -> FeatureSettings:
+        if not self.periods or any(p < 2 for p in self.periods):
+            raise ValueError(f"periods must be a non-empty list of ints >= 2, got {self.periods}")
+        return self
+
+
+class LabelSettings(_Section):
+    barrier: Literal["fixed", "atr"] = "fixed"
+    take_profit: float = Field(0.03, gt=0.0, le=20.0, description="Fraction, or ATR multiple.")
+    stop_loss: float = Field(0.03, gt=0.0, le=20.0, description="Fraction, or ATR multiple.")
+    atr_period: int = Field(14, ge=2)
+    horizon: int = Field(24, ge=1, description="Candles until the time exit.")
+    fee: float = Field(0.002, ge=0.0, lt=0.1, description="Round-trip fee fraction.")
+
+    @model_validator(mode="after")
+    def _fixed_barriers_are_fractions(self) -> LabelSettings:
+        if self.barrier == "fixed" and max(self.take_profit, self.stop_loss) >= 0.5:
+            raise ValueError(
+                "with barrier 'fixed', take_profit and stop_loss are fractions below 0.5 "
+                f"(0.02 = 2%), got {self.take_profit} and {self.stop_loss}"
+            )
+        return self
+
+
+class TrainingSettings(_Section):
+    signal: str | None = Field("trend_pullback", description="Base signal, or null for all candles.")
+    families: list[ModelFamily] = Field(default_factory=lambda: list(ALL_FAMILIES), min_length=1)
+    trials: int = Field(30, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    folds: int = Field(4, ge=2)
+    embargo: int = Field(12, ge=0, description="Candles dropped after each validation window.")
+    calib_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    min_samples: int = Field(500, ge=50)
+    n_jobs: int | None = Field(None, ge=1, description="Threads per model; null = cores available.")
+    workers: int = Field(1, ge=1)
+    storage: str | None = Field(None, description="Optuna storage URL; null = SQLite in user_data.")
+    study: str | None = None
+    seed: int = 42
+
+
+class GateSettings(_Section):
+    ev_margin: float = Field(0.0, ge=-0.05, le=0.05)
+    min_auc: float = Field(0.53, ge=0.0, le=1.0)
+    max_ece: float = Field(0.05, gt=0.0, le=1.0)
+    min_brier_skill: float = Field(0.0, ge=-1.0, le=1.0)
+    min_trades: int = Field(30, ge=0)
+    min_ev_return: float = Field(0.0, ge=-1.0, le=1.0)
+    in_sample_guard: bool = True
+    fallback_ungated: bool = False
+
+
+class TrackingSettings(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "freqtrade-ml"
+    entity: str | None = None
+    dir: str = "."
+
+
+class MLConfig(_Section):
+    """The whole ``"ml"`` section. Every key has a default that works."""
+
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    label: LabelSettings = Field(default_factory=LabelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at the parent of ``loc`` (for an unknown-key message)."""
+    model: type[BaseModel] = MLConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = "ml." + ".".join(str(p) for p in loc) if loc else "ml"
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{source}: unknown key '{key}' (allowed: {', '.join(allowed)}){did_you_mean}"
+    value = json.dumps(first.get("input"), default=str)
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: bad value for '{key}': {value}. {first['msg']}{more}"
+
+
+def from_dict(section: dict[str, Any] | None, source: str = "config") -> MLConfig:
+    """Validate an ``"ml"`` section (as found in freqtrade's ``self.config``)."""
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"{source}: 'ml' must be an object, got {type(section).__name__}")
+    try:
+        return MLConfig.model_validate(section or {})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read config.json with an error that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}. Pass --config PATH.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    return data
+
+
+def load(path: str | os.PathLike[str]) -> MLConfig:
+    """Parse the ``"ml"`` section of ``path`` into typed settings with defaults."""
+    return from_dict(read_json(path).get("ml"), source=str(path))

@@ -1,0 +1,48 @@
+"""Base entry signals: ordinary TA rules that propose trades.
+
+A plain strategy enters on them directly; a gated strategy enters only where the model's
+expected value is positive too; training uses them to choose its rows (meta-labelling:
+the model learns P(win | the base signal fired)). Keeping them here means all three use
+the very same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import talib
+
+SignalFn = Callable[[pd.DataFrame], pd.Series]
+
+
+def trend_pullback(df: pd.DataFrame) -> pd.Series:
+    """Long when the trend is up (EMA50 > EMA200) and RSI(14) dips below 40."""
+    close = df["close"].to_numpy(dtype="float64")
+    ema_fast = talib.EMA(close, timeperiod=50)
+    ema_slow = talib.EMA(close, timeperiod=200)
+    rsi = talib.RSI(close, timeperiod=14)
+    fired = (ema_fast > ema_slow) & (close > ema_slow) & (rsi < 40)
+    return pd.Series(fired, index=df.index, name="trend_pullback")
+
+
+def mean_reversion(df: pd.DataFrame) -> pd.Series:
+    """Long when the close falls below the lower Bollinger band (20, 2) and RSI(14) < 35."""
+    close = df["close"].to_numpy(dtype="float64")
+    _, _, lower = talib.BBANDS(close, timeperiod=20, nbdevup=2.0, nbdevdn=2.0)
+    rsi = talib.RSI(close, timeperiod=14)
+    fired = (close < lower) & (rsi < 35)
+    return pd.Series(fired, index=df.index, name="mean_reversion")
+
+
+SIGNALS: dict[str, SignalFn] = {"trend_pullback": trend_pullback, "mean_reversion": mean_reversion}
+# Candles a signal needs before its first valid value (EMA200 converges slowly).
+SIGNAL_STARTUP_CANDLES = 400
+
+
+def get_signal(name: str) -> SignalFn:
+    """Look a base signal up by name, with an error that lists the choices."""
+    try:
+        return SIGNALS[name]
+    except KeyError:
+        raise KeyError(f"Unknown signal '{name}'. Choose one of: {', '.join(SIGNALS)}") from None

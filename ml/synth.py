@@ -1,0 +1,174 @@
+"""Synthetic candle markets with a known truth, for tests and the offline demo.
+
+Both markets share one price process, per candle t:
+
+* volatility: GARCH(1,1) on the log return, ``h_t = w + a*e_{t-1}^2 + b*h_{t-1}`` with
+  a = 0.06, b = 0.92 (clustering), times an intraday seasonal factor;
+* shocks: Student-t with 5 degrees of freedom scaled to unit variance (fat tails);
+* volume: intraday seasonal profile x current volatility x log-normal noise (never 0).
+
+``null`` adds nothing: returns are a martingale, so no feature can predict them.
+
+``planted`` adds one weak, known predictable component, a mean-reverting drift:
+
+    z_t     = (log close_t - EMA_20(log close)_t) / (sigma * sqrt(20))
+    drift_t+1 = -STRENGTH * sigma_t+1 * tanh(z_t)          (STRENGTH = 0.25)
+
+``z_t`` uses candles <= t only, so a feature like "distance of close from its 20-candle
+EMA, in volatility units" recovers it. ``flip_at`` reverses the sign from that candle on
+(a regime change: the rule becomes momentum). :func:`oracle_auc` measures how well the
+true ``-z_t`` ranks the triple-barrier label: the best AUC a model can hope for.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from freqtrade.data.history import get_datahandler
+from freqtrade.enums import CandleType
+from freqtrade.exchange import timeframe_to_minutes
+
+Market = Literal["null", "planted"]
+STRENGTH = 0.25
+EMA_SPAN = 20
+GARCH_ALPHA, GARCH_BETA = 0.06, 0.92
+T_DOF = 5.0
+# Typical 5m crypto volatility per candle; scaled with sqrt(time) for other timeframes.
+SIGMA_5M = 0.0035
+
+
+def _seasonal(hours: np.ndarray, peak_hour: float, depth: float) -> np.ndarray:
+    return 1.0 + depth * np.cos(2.0 * np.pi * (hours - peak_hour) / 24.0)
+
+
+def simulate(
+    candles: int,
+    timeframe: str = "5m",
+    market: Market = "null",
+    seed: int = 0,
+    start: str = "2024-01-01",
+    flip_at: int | None = None,
+    strength: float = STRENGTH,
+    start_price: float | None = None,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """One pair's candles plus the planted score ``-z_t`` (zero on a null market).
+
+    The score is the oracle's ranking: higher means a larger expected drift up.
+    """
+    if market not in ("null", "planted"):
+        raise ValueError(f"market must be 'null' or 'planted', got {market!r}")
+    if candles < 2:
+        raise ValueError(f"candles must be >= 2, got {candles}")
+    rng = np.random.default_rng(seed)
+    minutes = timeframe_to_minutes(timeframe)
+    sigma = SIGMA_5M * math.sqrt(minutes / 5.0)
+    dates = pd.date_range(start, periods=candles, freq=f"{minutes}min", tz="UTC")
+    hours = (dates.hour + dates.minute / 60.0).to_numpy()
+    vol_season = _seasonal(hours, peak_hour=15.0, depth=0.3)
+    shocks = rng.standard_t(T_DOF, size=candles) / math.sqrt(T_DOF / (T_DOF - 2.0))
+
+    kappa = np.zeros(candles)
+    if market == "planted":
+        kappa[:] = strength
+        if flip_at is not None:
+            kappa[flip_at:] = -strength
+    log_ret, score = _run_process(shocks, vol_season, kappa, sigma)
+
+    price0 = start_price if start_price is not None else 10 ** rng.uniform(-3, 2)
+    log_close = math.log(price0) + np.cumsum(log_ret)
+    close = np.exp(log_close)
+    open_ = np.exp(np.concatenate(([math.log(price0)], log_close[:-1])))
+    spread = sigma * vol_season * 0.6
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(candles)) * spread)
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(candles)) * spread)
+    realised = np.abs(log_ret) / (sigma * vol_season)
+    volume = (
+        1000.0
+        * _seasonal(hours, peak_hour=14.0, depth=0.5)
+        * (0.5 + realised)
+        * rng.lognormal(0.0, 0.4, size=candles)
+    )
+    frame = pd.DataFrame(
+        {"date": dates, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
+    )
+    return frame, pd.Series(score, index=frame.index, name="planted_score")
+
+
+def _run_process(
+    shocks: np.ndarray, season: np.ndarray, kappa: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The GARCH + planted-drift recursion. Sequential by nature; plain floats keep it fast."""
+    omega = sigma**2 * (1.0 - GARCH_ALPHA - GARCH_BETA)
+    alpha_ema = 2.0 / (EMA_SPAN + 1.0)
+    z_scale = sigma * math.sqrt(EMA_SPAN)
+    n = len(shocks)
+    log_ret = np.empty(n)
+    score = np.empty(n)
+    h, e2, logp, ema, z = sigma**2, sigma**2, 0.0, 0.0, 0.0
+    shocks_l, season_l, kappa_l = shocks.tolist(), season.tolist(), kappa.tolist()
+    for t in range(n):
+        h = omega + GARCH_ALPHA * e2 + GARCH_BETA * h
+        sd = math.sqrt(h)
+        eps = sd * shocks_l[t]
+        e2 = eps * eps
+        step_sd = season_l[t]
+        r = step_sd * (eps - kappa_l[t] * sd * math.tanh(z))
+        logp += r
+        ema += alpha_ema * (logp - ema)
+        z = (logp - ema) / z_scale
+        log_ret[t] = r
+        # The score known at the close of t, for the drift from t+1 on.
+        score[t] = -math.tanh(z) * (kappa_l[t + 1] if t + 1 < n else kappa_l[t])
+    return log_ret, score
+
+
+def pair_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seed for the index-th pair."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def write_market(
+    datadir: str | Path,
+    pairs: list[str],
+    timeframe: str,
+    candles: int,
+    market: Market,
+    seed: int = 0,
+    start: str = "2024-01-01",
+    flip_at: int | None = None,
+    data_format: str = "feather",
+) -> list[Path]:
+    """Write one file per pair in freqtrade's own format and naming."""
+    datadir = Path(datadir)
+    datadir.mkdir(parents=True, exist_ok=True)
+    handler = get_datahandler(datadir, data_format)
+    written = []
+    for i, pair in enumerate(pairs):
+        frame, _ = simulate(candles, timeframe, market, pair_seed(seed, i), start, flip_at)
+        handler.ohlcv_store(pair, timeframe, frame, CandleType.SPOT)
+        written.append(handler._pair_data_filename(datadir, pair, timeframe, CandleType.SPOT))
+    return written
+
+
+def oracle_auc(
+    candles: int = 200_000,
+    timeframe: str = "5m",
+    seed: int = 123,
+    label_cfg=None,
+    rows: pd.Series | None = None,
+) -> float:
+    """AUC of the true planted score against the triple-barrier label on a long path."""
+    from sklearn.metrics import roc_auc_score
+
+    from ml.config import LabelSettings
+    from ml.labels import triple_barrier
+
+    frame, score = simulate(candles, timeframe, "planted", seed)
+    labels = triple_barrier(frame, label_cfg or LabelSettings(), timeframe)["label"]
+    keep = labels.notna() if rows is None else labels.notna() & rows
+    return float(roc_auc_score(labels[keep], score[keep]))
