@@ -1,1 +1,201 @@
-def main(): pass
+"""``ftml``: the command line. A thin shell over the ``ml`` modules.
+
+Exit codes: 0 success, 1 unexpected failure, 2 a problem the user can fix (bad config,
+missing data, bad arguments); the message says what to do. ``ftml freqtrade`` returns
+freqtrade's own exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ml import config as mlconfig
+
+EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
+logger = logging.getLogger("ftml")
+
+
+class UserError(Exception):
+    """Anything the user can fix; printed as one line, exit code 2."""
+
+
+def freqtrade_settings(config_path: str | Path) -> dict[str, Any]:
+    """The freqtrade part of config.json with the paths freqtrade would derive."""
+    raw = mlconfig.read_json(config_path)
+    mlconfig.from_dict(raw.get("ml"), source=str(config_path))  # one config: fail early on typos
+    user_data = Path(raw.get("user_data_dir", "user_data"))
+    exchange = raw.get("exchange", {}).get("name", "binance").lower()
+    return {
+        "timeframe": raw.get("timeframe", "1h"),
+        "pairs": list(raw.get("exchange", {}).get("pair_whitelist", [])),
+        "datadir": Path(raw.get("datadir", user_data / "data" / exchange)),
+        "data_format": raw.get("dataformat_ohlcv", "feather"),
+        "user_data_dir": user_data,
+        "exchange": exchange,
+    }
+
+
+# ---------------------------------------------------------------- data check / synth
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from ml.data import available_pairs, load_candles
+    from ml.display import print_data_report
+
+    ft = freqtrade_settings(args.config) if Path(args.config).exists() or not args.datadir else {}
+    datadir = Path(args.datadir or ft["datadir"])
+    timeframe = args.timeframe or ft.get("timeframe", "1h")
+    data_format = args.data_format or ft.get("data_format", "feather")
+    if args.pairs == ["all"]:
+        pairs = available_pairs(datadir, timeframe, data_format)
+    else:
+        pairs = args.pairs or ft.get("pairs", [])
+    if not pairs:
+        raise UserError(f"No pairs to check in {datadir} at {timeframe}: pass --pairs, or --pairs all.")
+    _, report = load_candles(datadir, pairs, timeframe, args.timerange, data_format, args.min_candles)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print_data_report(report)
+    return EXIT_FAILURE if (args.fail_on_issues and not report.ok) else EXIT_OK
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from ml.synth import write_market
+
+    ft = freqtrade_settings(args.config) if Path(args.config).exists() else {}
+    datadir = Path(args.datadir or ft.get("datadir", "user_data/data/binance"))
+    pairs = args.pairs or ft.get("pairs")
+    if not pairs:
+        raise UserError("No pairs: pass --pairs ETH/BTC LTC/BTC ... or a config with a pair_whitelist.")
+    timeframe = args.timeframe or ft.get("timeframe", "1h")
+    files = write_market(
+        datadir, pairs, timeframe, args.candles, args.market, args.seed, args.start, args.flip_at
+    )
+    summary = {
+        "market": args.market,
+        "synthetic": True,
+        "pairs": pairs,
+        "timeframe": timeframe,
+        "candles": args.candles,
+        "seed": args.seed,
+        "files": [str(f) for f in files],
+    }
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- config
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = mlconfig.load(args.config)
+    print(json.dumps(cfg.model_dump(), indent=2))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- freqtrade
+def cmd_freqtrade(args: argparse.Namespace) -> int:
+    from ml.offline import run_freqtrade
+
+    return run_freqtrade(args.freqtrade_args, offline=args.offline)
+
+
+# ---------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ml.demo import run_demo
+
+    return run_demo(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftml",
+        description="Machine learning for Freqtrade strategies: data checks, synthetic markets, "
+        "offline freqtrade, training, a model registry and cron retraining.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 a problem you can fix (the message says how).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="check candle files, or write synthetic markets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    check = data_sub.add_parser(
+        "check",
+        help="validate candle files and report defects",
+        description="Validate OHLCV files: duplicate or unsorted dates, gaps, OHLC consistency, "
+        "NaN/inf, non-positive prices, zero volume, missing, empty or too-short files. "
+        "Bad rows are reported, never dropped.",
+    )
+    check.add_argument("-c", "--config", default="config.json", help="freqtrade config (default: %(default)s)")
+    check.add_argument("--datadir", help="data directory (default: from the config)")
+    check.add_argument("--pairs", nargs="+", help="pairs to check, or 'all' for every file (default: the whitelist)")
+    check.add_argument("--timeframe", help="e.g. 5m, 1h (default: from the config)")
+    check.add_argument("--timerange", help="freqtrade timerange, e.g. 20240101-20240301")
+    check.add_argument("--data-format", help="feather, parquet or json (default: from the config)")
+    check.add_argument("--min-candles", type=int, default=0, help="flag files shorter than this")
+    check.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    check.add_argument("--fail-on-issues", action="store_true", help="exit 1 when anything is flagged")
+    check.set_defaults(func=cmd_data_check)
+
+    synth = data_sub.add_parser(
+        "synth",
+        help="write a synthetic market in freqtrade's format",
+        description="Write synthetic candles: 'null' has no predictable component (any edge a model "
+        "finds is overfitting); 'planted' adds a weak, known mean-reversion rule "
+        "(see docs/ARCHITECTURE.md for the rule and its oracle AUC).",
+    )
+    synth.add_argument("-c", "--config", default="config.json", help="take pairs/timeframe/datadir from here")
+    synth.add_argument("--pairs", nargs="+", help="pairs to write (default: the config's whitelist)")
+    synth.add_argument("--timeframe", help="candle size (default: from the config)")
+    synth.add_argument("--candles", type=int, default=10_000, help="candles per pair (default: %(default)s)")
+    synth.add_argument("--market", choices=["null", "planted"], default="planted")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--start", default="2024-01-01", help="first candle (default: %(default)s)")
+    synth.add_argument("--flip-at", type=int, help="candle index where the planted rule reverses sign")
+    synth.add_argument("--datadir", help="where to write (default: the config's data directory)")
+    synth.set_defaults(func=cmd_data_synth)
+
+    cfg = sub.add_parser("config", help="show the validated 'ml' section with its defaults")
+    cfg.add_argument("-c", "--config", default="config.json")
+    cfg.set_defaults(func=cmd_config_show)
+
+    ft = sub.add_parser(
+        "freqtrade",
+        help="run freqtrade's own CLI; --offline takes exchange markets from disk",
+        description="Run freqtrade unchanged. With --offline, exchange markets come from "
+        "user_data/markets/<exchange>.json (cached by any online run of this command), or are "
+        "built from the config's pairs and data files. Example: "
+        "ftml freqtrade --offline backtesting -c config.json --strategy TrendPullback",
+    )
+    ft.add_argument("--offline", action="store_true", help="no network: markets from cache or data")
+    ft.add_argument("freqtrade_args", nargs=argparse.REMAINDER, help="freqtrade's arguments")
+    ft.set_defaults(func=cmd_freqtrade)
+
+    demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
+    demo.add_argument("-c", "--config", default="config.json")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ml.data import DataError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (UserError, mlconfig.ConfigError, DataError) as err:
+        print(f"ftml: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

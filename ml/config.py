@@ -30,7 +30,7 @@ class _Section(BaseModel):
 
 
 class RegistrySettings(_Section):
-    path: str = Field("registry", description="Registry store folder, relative to config.json.")
+    path: str = Field("registry", description="Registry store folder (relative paths: from the working directory).")
 
 
 class ModelSettings(_Section):

@@ -7,10 +7,10 @@ same barriers the ML label uses by default (``"ml" -> "label"`` in config.json).
 
 from datetime import datetime
 
-from pandas import DataFrame
-
 from freqtrade.exchange import timeframe_to_minutes
 from freqtrade.strategy import IStrategy
+from pandas import DataFrame
+
 from ml.signals import SIGNAL_STARTUP_CANDLES, trend_pullback
 
 

@@ -1,0 +1,33 @@
+"""Rich tables for people; every command also has a ``--json`` form for scripts."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ml.data import DataReport
+
+
+def _short(ts: str | None) -> str:
+    return ts[:16] if ts else "-"
+
+
+def print_data_report(report: DataReport, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"Candles in {report.datadir} ({report.timeframe}, {report.timerange or 'all dates'})")
+    for name, justify in [("pair", "left"), ("rows", "right"), ("from", "left"), ("to", "left"),
+                          ("gaps (missing)", "right"), ("flagged rows / file problems", "left")]:
+        table.add_column(name, justify=justify)
+    for rep in report.pairs:
+        gaps = f"{len(rep.gaps)} ({rep.missing_candles})" if rep.gaps else "0"
+        issues = [f"{check} {count}" for check, count in rep.problems.items()] + rep.notes
+        text = "[green]ok[/]" if rep.ok else ("[red]" + "; ".join(issues) + "[/]" if issues else "gaps only")
+        table.add_row(rep.pair, str(rep.rows), _short(rep.first), _short(rep.last), gaps, text)
+    console.print(table)
+    for rep in report.pairs:
+        for check, dates in rep.examples.items():
+            console.print(f"  {rep.pair} {check}: first at {', '.join(d[:16] for d in dates)}")
+        for gap in rep.gaps[:3]:
+            console.print(f"  {rep.pair} gap: {gap.missing_candles} candles missing after {gap.start[:16]}")
+    verdict = "[green]all clean[/]" if report.ok else "[yellow]issues found: flagged rows are kept and marked bad_row[/]"
+    console.print(verdict)

@@ -1,0 +1,41 @@
+"""Shared fixtures: a throw-away project (config + user_data) and a way to run ``ftml``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "freqtrade-testdata"
+
+
+def run_ftml(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess, as a user would."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "ml.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def write_config(path: Path, **overrides) -> Path:
+    """The repo's config.json with absolute strategy path and local user_data."""
+    cfg = json.loads((REPO / "config.json").read_text())
+    cfg["strategy_path"] = str(REPO / "strategies")
+    cfg["user_data_dir"] = str(path.parent / "user_data")
+    for key, value in overrides.items():
+        cfg[key] = value
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A temp folder with config.json whose user_data lives inside it."""
+    write_config(tmp_path / "config.json")
+    return tmp_path
