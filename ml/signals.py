@@ -36,8 +36,9 @@ def mean_reversion(df: pd.DataFrame) -> pd.Series:
 
 
 SIGNALS: dict[str, SignalFn] = {"trend_pullback": trend_pullback, "mean_reversion": mean_reversion}
-# Candles a signal needs before its first valid value (EMA200 converges slowly).
-SIGNAL_STARTUP_CANDLES = 400
+# Candles the signals need before their values stop depending on the frame start:
+# EMA200 keeps (1 - 2/201)^800 ~ 3e-4 of its seed after 800 candles.
+SIGNAL_STARTUP_CANDLES = 800
 
 
 def get_signal(name: str) -> SignalFn:

@@ -1,0 +1,327 @@
+"""FeatureEngineer: the one place where training and strategies compute model inputs.
+
+Contract:
+
+* causal: row t depends on rows <= t only (higher timeframes use completed bars only);
+* scale-free: returns, ratios, z-scores and oscillators, never raw prices, so one model
+  serves several pairs and price eras;
+* vectorised TA-Lib / numpy, one concat at the end (no per-row Python, no frame
+  fragmentation);
+* ``feature_set_id`` hashes the settings, the timeframe and ``FEATURE_CODE_VERSION``: a
+  model trained on one feature set is refused by a strategy running another.
+
+Bad candles (NaN/inf or non-positive prices) are bridged with the previous good price so
+recursive indicators keep running, and their own rows get NaN features plus one warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import talib
+
+from ml.config import FeatureSettings
+
+logger = logging.getLogger(__name__)
+
+# Bump when any feature formula changes: models trained before are then refused.
+FEATURE_CODE_VERSION = "1"
+PREFIX = "f_"
+RETURN_LAGS = (1, 2, 3, 6, 12, 24)
+HTF_PERIOD = 14
+# Recursive indicators forget their seed geometrically: Wilder smoothing (RSI, ATR, ADX)
+# as (1 - 1/n)^k, so k = 8n candles leave ~3e-4 of the seed; EMA forgets twice as fast.
+WARMUP_FACTOR = 8
+# ADX smooths twice with Wilder's 1/n: longer periods would need far longer warm-ups.
+ADX_MAX_PERIOD = 30
+REQUIRED = ("date", "open", "high", "low", "close", "volume")
+
+Columns = dict[str, np.ndarray]
+
+
+def _log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(a / b)
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = a / b
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _shift(x: np.ndarray, k: int) -> np.ndarray:
+    out = np.full_like(x, np.nan)
+    out[k:] = x[:-k]
+    return out
+
+
+def _utc_ns(dates: pd.Series) -> np.ndarray:
+    """Dates as naive UTC datetime64[ns], whatever resolution or tz the frame uses."""
+    dates = pd.to_datetime(dates, utc=True)
+    return dates.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+class _Prices:
+    """Float64 OHLCV arrays, computed once per transform."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.open, self.high, self.low, self.close, self.volume = (
+            df[c].to_numpy(dtype="float64") for c in ("open", "high", "low", "close", "volume")
+        )
+        self.log_close = np.log(self.close)
+
+
+# ------------------------------------------------------------------ feature groups
+def _returns(p: _Prices, periods: list[int]) -> Columns:
+    cols: Columns = {f"ret_{k}": p.log_close - _shift(p.log_close, k) for k in RETURN_LAGS}
+    rng = p.high - p.low
+    cols["body"] = _safe_div(p.close - p.open, rng)
+    cols["upper_wick"] = _safe_div(p.high - np.maximum(p.open, p.close), rng)
+    cols["lower_wick"] = _safe_div(np.minimum(p.open, p.close) - p.low, rng)
+    cols["range"] = _log_ratio(p.high, p.low)
+    for n in periods:
+        hi, lo = talib.MAX(p.high, n), talib.MIN(p.low, n)
+        cols[f"range_pos_{n}"] = _safe_div(p.close - lo, hi - lo)
+    return cols
+
+
+def _trend(p: _Prices, periods: list[int]) -> Columns:
+    cols: Columns = {}
+    emas = {n: talib.EMA(p.close, n) for n in periods}
+    for n, ema in emas.items():
+        cols[f"close_ema_{n}"] = _log_ratio(p.close, ema)
+        cols[f"ema_slope_{n}"] = _log_ratio(ema, _shift(ema, 1)) * n
+        if n <= ADX_MAX_PERIOD:
+            cols[f"adx_{n}"] = talib.ADX(p.high, p.low, p.close, n) / 100.0
+        cols[f"linreg_slope_{n}"] = talib.LINEARREG_SLOPE(p.log_close, n) * n
+    ordered = sorted(periods)
+    for fast, slow in zip(ordered, ordered[2:], strict=False):
+        cols[f"ema_{fast}_{slow}"] = _log_ratio(emas[fast], emas[slow])
+    return cols
+
+
+def _momentum(p: _Prices, periods: list[int]) -> Columns:
+    cols: Columns = {}
+    for n in periods:
+        cols[f"rsi_{n}"] = talib.RSI(p.close, n) / 100.0
+        cols[f"willr_{n}"] = talib.WILLR(p.high, p.low, p.close, n) / 100.0
+        cols[f"cci_{n}"] = talib.CCI(p.high, p.low, p.close, n) / 100.0
+        mean, std = talib.SMA(p.close, n), talib.STDDEV(p.close, n)
+        cols[f"zscore_{n}"] = _safe_div(p.close - mean, std)
+    _, _, hist = talib.MACD(p.close, 12, 26, 9)
+    cols["macd_hist"] = hist / p.close
+    k, d = talib.STOCH(p.high, p.low, p.close, 14, 3, 0, 3, 0)
+    cols["stoch_k"], cols["stoch_d"] = k / 100.0, d / 100.0
+    return cols
+
+
+def _volatility(p: _Prices, periods: list[int]) -> Columns:
+    cols: Columns = {}
+    ret1 = p.log_close - _shift(p.log_close, 1)
+    for n in periods:
+        cols[f"natr_{n}"] = talib.NATR(p.high, p.low, p.close, n) / 100.0
+        cols[f"vol_{n}"] = talib.STDDEV(ret1, n)
+        upper, mid, lower = talib.BBANDS(p.close, n, 2.0, 2.0)
+        cols[f"bb_width_{n}"] = _safe_div(upper - lower, mid)
+    lo, hi = min(periods), max(periods)
+    cols[f"vol_ratio_{lo}_{hi}"] = _safe_div(cols[f"vol_{lo}"], cols[f"vol_{hi}"])
+    return cols
+
+
+def _volume(p: _Prices, periods: list[int]) -> Columns:
+    cols: Columns = {}
+    volume = np.where(p.volume > 0, p.volume, np.nan)
+    obv = talib.OBV(p.close, p.volume)
+    for n in periods:
+        cols[f"rel_volume_{n}"] = _log_ratio(volume, talib.SMA(p.volume, n))
+        cols[f"mfi_{n}"] = talib.MFI(p.high, p.low, p.close, p.volume, n) / 100.0
+        cols[f"obv_{n}"] = _safe_div(obv - _shift(obv, n), talib.SUM(p.volume, n))
+    return cols
+
+
+def _calendar(dates: pd.Series) -> Columns:
+    dates = pd.to_datetime(dates, utc=True)
+    hour = (dates.dt.hour + dates.dt.minute / 60.0).to_numpy(dtype="float64")
+    weekday = dates.dt.day_of_week.to_numpy(dtype="float64")
+    return {
+        "hour_sin": np.sin(2 * np.pi * hour / 24),
+        "hour_cos": np.cos(2 * np.pi * hour / 24),
+        "weekday_sin": np.sin(2 * np.pi * weekday / 7),
+        "weekday_cos": np.cos(2 * np.pi * weekday / 7),
+    }
+
+
+def _higher_tf(df: pd.DataFrame, p: _Prices, htf: str, base: pd.Timedelta) -> Columns:
+    """Features of completed higher-timeframe bars, aligned to base candles causally.
+
+    A ``htf`` bar starting at T covers base candles T .. T+htf-base; it is known once the
+    base candle dated ``T + htf - base`` has closed, never before.
+    """
+    step = pd.Timedelta(htf).as_unit("ns").to_timedelta64()
+    dates = _utc_ns(df["date"])
+    bucket = dates - (dates.astype(np.int64) % step.astype(np.int64)).astype("timedelta64[ns]")
+    frame = pd.DataFrame({"open": p.open, "high": p.high, "low": p.low, "close": p.close, "b": bucket})
+    bars = frame.groupby("b", sort=True).agg(
+        open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last")
+    )
+    close, high, low = (bars[c].to_numpy(dtype="float64") for c in ("close", "high", "low"))
+    log_close = np.log(close)
+    feats = {
+        "ret_1": log_close - _shift(log_close, 1),
+        "ret_3": log_close - _shift(log_close, 3),
+        f"rsi_{HTF_PERIOD}": talib.RSI(close, HTF_PERIOD) / 100.0,
+        f"close_ema_{HTF_PERIOD}": _log_ratio(close, talib.EMA(close, HTF_PERIOD)),
+        f"natr_{HTF_PERIOD}": talib.NATR(high, low, close, HTF_PERIOD) / 100.0,
+    }
+    available_at = bars.index.to_numpy(dtype="datetime64[ns]") + step - base.as_unit("ns").to_timedelta64()
+    at = np.searchsorted(available_at, dates, side="right") - 1
+    known = at >= 0
+    cols: Columns = {}
+    for name, values in feats.items():
+        mapped = np.full(len(df), np.nan)
+        mapped[known] = values[at[known]]
+        cols[f"htf_{htf}_{name}"] = mapped
+    return cols
+
+
+class FeatureEngineer:
+    """Adds ``f_*`` feature columns to a candle frame; see the module docstring."""
+
+    def __init__(self, settings: FeatureSettings | None = None, timeframe: str = "1h"):
+        self.settings = settings or FeatureSettings()
+        self.timeframe = timeframe
+        self._base = pd.Timedelta(timeframe)
+        self.higher_timeframes = [
+            h for h in self.settings.higher_timeframes if pd.Timedelta(h) > self._base
+        ] if "higher_tf" in self.settings.groups else []
+        self.feature_names = self._names_from_probe()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def startup_candles(self) -> int:
+        """Candles before the first row whose features no longer depend on the frame start."""
+        base_need = max(max(self.settings.periods), 26, max(RETURN_LAGS))
+        htf_need = max(
+            HTF_PERIOD * int(pd.Timedelta(h) / self._base) for h in self.higher_timeframes
+        ) if self.higher_timeframes else 0
+        return WARMUP_FACTOR * max(base_need, htf_need)
+
+    @property
+    def feature_set_id(self) -> str:
+        spec = {
+            "code": FEATURE_CODE_VERSION,
+            "timeframe": self.timeframe,
+            "groups": sorted(self.settings.groups),
+            "periods": sorted(self.settings.periods),
+            "higher_timeframes": self.higher_timeframes,
+            "names": self.feature_names,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---------------------------------------------------------------- transform
+    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Return ``df`` plus the feature columns; same rows, same order, same index."""
+        missing = [c for c in REQUIRED if c not in df.columns]
+        if missing:
+            raise KeyError(f"FeatureEngineer needs columns {missing}; the frame has {list(df.columns)}")
+        features = self._compute(df)
+        return pd.concat([df, features], axis=1)
+
+    def _compute(self, df: pd.DataFrame) -> pd.DataFrame:
+        bad = self._bad_rows(df)
+        clean = self._bridge(df, bad) if bad.any() else df
+        if len(df) < self.startup_candles:
+            logger.warning(
+                "FeatureEngineer: only %d candles, features need %d to warm up; early rows are NaN.",
+                len(df), self.startup_candles,
+            )
+        if len(df) == 0:
+            return pd.DataFrame({n: pd.Series(dtype="float64") for n in self.feature_names}, index=df.index)
+        p = _Prices(clean)
+        cols: Columns = {}
+        periods = sorted(self.settings.periods)
+        builders: dict[str, Callable[[], Columns]] = {
+            "returns": lambda: _returns(p, periods),
+            "trend": lambda: _trend(p, periods),
+            "momentum": lambda: _momentum(p, periods),
+            "volatility": lambda: _volatility(p, periods),
+            "volume": lambda: _volume(p, periods),
+            "calendar": lambda: _calendar(clean["date"]),
+        }
+        for group in self.settings.groups:
+            if group in builders:
+                cols.update(builders[group]())
+        for htf in self.higher_timeframes:
+            cols.update(_higher_tf(clean, p, htf, self._base))
+        # One (features x rows) block, filled row by row: pandas stores frames that way,
+        # so the transpose below is free and the frame is not fragmented.
+        block = np.empty((len(cols), len(df)))
+        for i, values in enumerate(cols.values()):
+            block[i] = values
+        block[~np.isfinite(block)] = np.nan
+        if bad.any():
+            block[:, bad] = np.nan
+        return pd.DataFrame(block.T, index=df.index, columns=[PREFIX + k for k in cols], copy=False)
+
+    @staticmethod
+    def _bad_rows(df: pd.DataFrame) -> np.ndarray:
+        prices = df[["open", "high", "low", "close"]].to_numpy(dtype="float64")
+        volume = df["volume"].to_numpy(dtype="float64")
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(prices).all(axis=1) | (prices <= 0).any(axis=1) | ~np.isfinite(volume)
+        if bad.any():
+            first = df["date"].iloc[int(np.argmax(bad))]
+            logger.warning(
+                "FeatureEngineer: %d candles with NaN/inf or non-positive values (first at %s): "
+                "their features are NaN; later candles bridge them with the previous price.",
+                int(bad.sum()), first,
+            )
+        zero_volume = int((volume == 0).sum())
+        if zero_volume:
+            logger.warning("FeatureEngineer: %d candles with zero volume: volume features are NaN there.",
+                           zero_volume)
+        return bad
+
+    @staticmethod
+    def _bridge(df: pd.DataFrame, bad: np.ndarray) -> pd.DataFrame:
+        """Carry the previous good candle over bad rows so recursions keep running."""
+        clean = df[list(REQUIRED)].copy()
+        cols = ["open", "high", "low", "close", "volume"]
+        clean.loc[bad, cols] = np.nan
+        clean[cols] = clean[cols].ffill().bfill()
+        clean.loc[bad, "volume"] = 0.0
+        return clean
+
+    def _names_from_probe(self) -> list[str]:
+        """Feature names in column order, from a tiny synthetic frame (cheap, exact)."""
+        n = 8
+        dates = pd.date_range("2020-01-01", periods=n, freq=self._base, tz="UTC")
+        probe = pd.DataFrame({"date": dates, "open": 1.0, "high": 1.1, "low": 0.9, "close": 1.0,
+                              "volume": 1.0})
+        prev = logger.disabled
+        logger.disabled = True
+        try:
+            return list(self._compute(probe).columns)
+        finally:
+            logger.disabled = prev
+
+
+def correlation_prune(X: pd.DataFrame, threshold: float) -> list[str]:
+    """Columns to keep so that no kept pair has |Pearson r| above ``threshold``.
+
+    Decided once on training rows and stored with the model; inference never recomputes it.
+    Greedy in column order, so the result is deterministic.
+    """
+    corr = X.corr().abs().to_numpy()
+    kept: list[int] = []
+    for j in range(corr.shape[0]):
+        if all(not (corr[j, i] > threshold) for i in kept):
+            kept.append(j)
+    return [X.columns[j] for j in kept]
