@@ -17,7 +17,7 @@ $(BIN)/ftml: pyproject.toml constraints.txt
 setup: $(BIN)/ftml
 
 test: setup
-	$(BIN)/ruff check ml strategies tests
+	$(BIN)/ruff check ml strategies tests bench
 	$(BIN)/python -m pytest -q
 
 demo: setup
@@ -27,7 +27,7 @@ bench: setup
 	$(BIN)/python -m bench.run_all
 
 lint: setup
-	$(BIN)/ruff check ml strategies tests
+	$(BIN)/ruff check ml strategies tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -55,7 +55,7 @@ class LabelSettings(_Section):
     take_profit: float = Field(0.03, gt=0.0, le=20.0, description="Fraction, or ATR multiple.")
     stop_loss: float = Field(0.03, gt=0.0, le=20.0, description="Fraction, or ATR multiple.")
     atr_period: int = Field(14, ge=2)
-    horizon: int = Field(24, ge=1, description="Candles until the time exit.")
+    horizon: int = Field(24, ge=1, le=5000, description="Candles until the time exit.")
     fee: float = Field(0.002, ge=0.0, lt=0.1, description="Round-trip fee fraction.")
 
     @model_validator(mode="after")

@@ -72,6 +72,7 @@ class _Prices:
     """Float64 OHLCV arrays, computed once per transform."""
 
     def __init__(self, df: pd.DataFrame):
+        self.dates_ns = _utc_ns(df["date"])
         self.open, self.high, self.low, self.close, self.volume = (
             df[c].to_numpy(dtype="float64") for c in ("open", "high", "low", "close", "volume")
         )
@@ -94,16 +95,16 @@ def _returns(p: _Prices, periods: list[int]) -> Columns:
 
 def _trend(p: _Prices, periods: list[int]) -> Columns:
     cols: Columns = {}
-    emas = {n: talib.EMA(p.close, n) for n in periods}
-    for n, ema in emas.items():
-        cols[f"close_ema_{n}"] = _log_ratio(p.close, ema)
-        cols[f"ema_slope_{n}"] = _log_ratio(ema, _shift(ema, 1)) * n
+    log_emas = {n: np.log(talib.EMA(p.close, n)) for n in periods}
+    for n, log_ema in log_emas.items():
+        cols[f"close_ema_{n}"] = p.log_close - log_ema
+        cols[f"ema_slope_{n}"] = (log_ema - _shift(log_ema, 1)) * n
         if n <= ADX_MAX_PERIOD:
             cols[f"adx_{n}"] = talib.ADX(p.high, p.low, p.close, n) / 100.0
         cols[f"linreg_slope_{n}"] = talib.LINEARREG_SLOPE(p.log_close, n) * n
     ordered = sorted(periods)
     for fast, slow in zip(ordered, ordered[2:], strict=False):
-        cols[f"ema_{fast}_{slow}"] = _log_ratio(emas[fast], emas[slow])
+        cols[f"ema_{fast}_{slow}"] = log_emas[fast] - log_emas[slow]
     return cols
 
 
@@ -146,32 +147,43 @@ def _volume(p: _Prices, periods: list[int]) -> Columns:
     return cols
 
 
-def _calendar(dates: pd.Series) -> Columns:
-    dates = pd.to_datetime(dates, utc=True)
-    hour = (dates.dt.hour + dates.dt.minute / 60.0).to_numpy(dtype="float64")
-    weekday = dates.dt.day_of_week.to_numpy(dtype="float64")
+def _calendar(dates_ns: np.ndarray) -> Columns:
+    """Cyclical hour and weekday, by table lookup (both take few distinct values)."""
+    ns = dates_ns.astype(np.int64)
+    minute_of_day = (ns % 86_400_000_000_000) // 60_000_000_000
+    weekday = ((ns // 86_400_000_000_000) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    day_angle = 2 * np.pi * np.arange(1440) / 1440
+    week_angle = 2 * np.pi * np.arange(7) / 7
     return {
-        "hour_sin": np.sin(2 * np.pi * hour / 24),
-        "hour_cos": np.cos(2 * np.pi * hour / 24),
-        "weekday_sin": np.sin(2 * np.pi * weekday / 7),
-        "weekday_cos": np.cos(2 * np.pi * weekday / 7),
+        "hour_sin": np.sin(day_angle)[minute_of_day],
+        "hour_cos": np.cos(day_angle)[minute_of_day],
+        "weekday_sin": np.sin(week_angle)[weekday],
+        "weekday_cos": np.cos(week_angle)[weekday],
     }
 
 
-def _higher_tf(df: pd.DataFrame, p: _Prices, htf: str, base: pd.Timedelta) -> Columns:
+def _higher_tf(p: _Prices, htf: str, base: pd.Timedelta) -> Columns:
     """Features of completed higher-timeframe bars, aligned to base candles causally.
 
     A ``htf`` bar starting at T covers base candles T .. T+htf-base; it is known once the
     base candle dated ``T + htf - base`` has closed, never before.
     """
     step = pd.Timedelta(htf).as_unit("ns").to_timedelta64()
-    dates = _utc_ns(df["date"])
+    dates = p.dates_ns
     bucket = dates - (dates.astype(np.int64) % step.astype(np.int64)).astype("timedelta64[ns]")
-    frame = pd.DataFrame({"open": p.open, "high": p.high, "low": p.low, "close": p.close, "b": bucket})
-    bars = frame.groupby("b", sort=True).agg(
-        open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last")
-    )
-    close, high, low = (bars[c].to_numpy(dtype="float64") for c in ("close", "high", "low"))
+    if np.all(bucket[1:] >= bucket[:-1]):  # sorted (the normal case): one pass of reduceat
+        starts = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
+        ends = np.append(starts[1:], len(bucket)) - 1
+        bar_start = bucket[starts]
+        close = p.close[ends]
+        high = np.maximum.reduceat(p.high, starts)
+        low = np.minimum.reduceat(p.low, starts)
+    else:
+        frame = pd.DataFrame({"high": p.high, "low": p.low, "close": p.close, "b": bucket})
+        bars = frame.groupby("b", sort=True).agg(high=("high", "max"), low=("low", "min"),
+                                                 close=("close", "last"))
+        bar_start = bars.index.to_numpy(dtype="datetime64[ns]")
+        close, high, low = (bars[c].to_numpy(dtype="float64") for c in ("close", "high", "low"))
     log_close = np.log(close)
     feats = {
         "ret_1": log_close - _shift(log_close, 1),
@@ -180,12 +192,12 @@ def _higher_tf(df: pd.DataFrame, p: _Prices, htf: str, base: pd.Timedelta) -> Co
         f"close_ema_{HTF_PERIOD}": _log_ratio(close, talib.EMA(close, HTF_PERIOD)),
         f"natr_{HTF_PERIOD}": talib.NATR(high, low, close, HTF_PERIOD) / 100.0,
     }
-    available_at = bars.index.to_numpy(dtype="datetime64[ns]") + step - base.as_unit("ns").to_timedelta64()
+    available_at = bar_start + step - base.as_unit("ns").to_timedelta64()
     at = np.searchsorted(available_at, dates, side="right") - 1
     known = at >= 0
     cols: Columns = {}
     for name, values in feats.items():
-        mapped = np.full(len(df), np.nan)
+        mapped = np.full(len(dates), np.nan)
         mapped[known] = values[at[known]]
         cols[f"htf_{htf}_{name}"] = mapped
     return cols
@@ -253,19 +265,21 @@ class FeatureEngineer:
             "momentum": lambda: _momentum(p, periods),
             "volatility": lambda: _volatility(p, periods),
             "volume": lambda: _volume(p, periods),
-            "calendar": lambda: _calendar(clean["date"]),
+            "calendar": lambda: _calendar(p.dates_ns),
         }
         for group in self.settings.groups:
             if group in builders:
                 cols.update(builders[group]())
         for htf in self.higher_timeframes:
-            cols.update(_higher_tf(clean, p, htf, self._base))
+            cols.update(_higher_tf(p, htf, self._base))
         # One (features x rows) block, filled row by row: pandas stores frames that way,
         # so the transpose below is free and the frame is not fragmented.
         block = np.empty((len(cols), len(df)))
-        for i, values in enumerate(cols.values()):
-            block[i] = values
-        block[~np.isfinite(block)] = np.nan
+        for row, values in zip(block, cols.values(), strict=True):
+            row[:] = values
+            infinite = np.isinf(row)
+            if infinite.any():
+                row[infinite] = np.nan
         if bad.any():
             block[:, bad] = np.nan
         return pd.DataFrame(block.T, index=df.index, columns=[PREFIX + k for k in cols], copy=False)

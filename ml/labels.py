@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import talib
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ml.config import LabelSettings
 
@@ -37,10 +36,10 @@ def barrier_fractions(df: pd.DataFrame, cfg: LabelSettings) -> tuple[np.ndarray,
     return cfg.take_profit * atr_frac, cfg.stop_loss * atr_frac
 
 
-def _first_true(hits: np.ndarray, horizon: int) -> np.ndarray:
-    """Index of the first True per row, ``horizon`` where there is none."""
-    first = hits.argmax(axis=1)
-    return np.where(hits.any(axis=1), first, horizon)
+def _window_is_finite(highs: np.ndarray, lows: np.ndarray, h: int, rows: int) -> np.ndarray:
+    """True where candles t+1 .. t+h all have finite high and low (running count, O(n))."""
+    bad = np.concatenate(([0], np.cumsum(~(np.isfinite(highs) & np.isfinite(lows)))))
+    return (bad[1 + h : 1 + h + rows] - bad[1 : 1 + rows]) == 0
 
 
 def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None = None) -> pd.DataFrame:
@@ -55,15 +54,17 @@ def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None =
         raise KeyError(f"triple_barrier needs columns {missing}; got {list(df.columns)}")
     h = cfg.horizon
     n = len(df)
-    out = pd.DataFrame(index=df.index)
-    out["label"] = np.nan
-    out["ret"] = np.nan
-    out["exit_offset"] = np.nan
     dates = pd.to_datetime(df["date"], utc=True)
     step = pd.Timedelta(timeframe) if timeframe else dates.diff().median()
-    out["label_end"] = dates + step * h
-    if n <= h:
+    label, ret_out, offset_out = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+
+    def frame() -> pd.DataFrame:
+        out = pd.DataFrame({"label": label, "ret": ret_out, "exit_offset": offset_out}, index=df.index)
+        out["label_end"] = dates + step * h  # same index: aligned, stays tz-aware
         return out
+
+    if n <= h:
+        return frame()
 
     opens, highs, lows, closes = (df[c].to_numpy(dtype="float64") for c in ("open", "high", "low", "close"))
     tp, sl = barrier_fractions(df, cfg)
@@ -71,11 +72,14 @@ def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None =
     entry = opens[1 : rows + 1]
     upper = entry * (1.0 + tp[:rows] + cfg.fee)
     lower = entry * (1.0 - sl[:rows])
-    # Window k of row t covers candle t+1+k, k = 0 .. h-1.
-    win_high = sliding_window_view(highs[1:], h)[:rows]
-    win_low = sliding_window_view(lows[1:], h)[:rows]
-    first_tp = _first_true(win_high >= upper[:, None], h)
-    first_sl = _first_true(win_low <= lower[:, None], h)
+    # Walk the horizon, not the rows: step k checks candle t+1+k for every row t at once,
+    # keeping the first step at which each barrier was touched.
+    first_tp = np.full(rows, h, dtype=np.int16)
+    first_sl = np.full(rows, h, dtype=np.int16)
+    for k in range(h):
+        window = slice(1 + k, 1 + k + rows)
+        np.minimum(first_tp, np.where(highs[window] >= upper, k, h).astype(np.int16), out=first_tp)
+        np.minimum(first_sl, np.where(lows[window] <= lower, k, h).astype(np.int16), out=first_sl)
 
     won = first_tp < first_sl  # a same-candle double touch is a loss
     lost = (first_sl <= first_tp) & (first_sl < h)
@@ -87,9 +91,9 @@ def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None =
     naive = dates.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
     contiguous = (naive[h : rows + h] - naive[:rows]) == (step * h).to_timedelta64()
     valid = contiguous & np.isfinite(entry) & (entry > 0) & np.isfinite(tp[:rows]) & np.isfinite(ret)
-    valid &= ~np.isnan(win_high).any(axis=1) & ~np.isnan(win_low).any(axis=1)
+    valid &= _window_is_finite(highs, lows, h, rows)
     idx = np.flatnonzero(valid)
-    out.iloc[idx, 0] = won[idx].astype("float64")
-    out.iloc[idx, 1] = ret[idx]
-    out.iloc[idx, 2] = exit_offset[idx].astype("float64")
-    return out
+    label[idx] = won[idx]
+    ret_out[idx] = ret[idx]
+    offset_out[idx] = exit_offset[idx]
+    return frame()

@@ -136,3 +136,10 @@ def test_correlation_pruning_is_deterministic_and_drops_duplicates():
     X = pd.DataFrame({"a": a, "a_copy": a * 2 + 1, "b": rng.normal(size=500), "a_noisy": a + rng.normal(size=500)})
     assert correlation_prune(X, 0.95) == ["a", "b", "a_noisy"]
     assert correlation_prune(X, 0.5) == ["a", "b"]
+
+
+def test_unsorted_frames_still_give_features_without_raising():
+    shuffled = SYNTH.iloc[:800].sample(frac=1.0, random_state=0)
+    out = FE.transform(shuffled)
+    assert len(out) == 800 and out.index.equals(shuffled.index)
+    assert out["f_htf_4h_ret_1"].notna().any()
