@@ -102,6 +102,55 @@ def cmd_freqtrade(args: argparse.Namespace) -> int:
     return run_freqtrade(args.freqtrade_args, offline=args.offline)
 
 
+# ---------------------------------------------------------------- train
+def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlconfig.MLConfig:
+    """Apply command-line overrides and validate them like config values."""
+    data = cfg.model_dump()
+    training = data["training"]
+    for key in ("trials", "timeout", "workers", "seed", "storage", "study"):
+        if getattr(args, key, None) is not None:
+            training[key] = getattr(args, key)
+    if args.families:
+        training["families"] = args.families
+    if args.signal is not None:
+        training["signal"] = None if args.signal.lower() in ("none", "null", "all") else args.signal
+    if args.tracking:
+        data["tracking"]["mode"] = args.tracking
+    return mlconfig.from_dict(data, source="command line")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ml.signals import SIGNALS
+    from ml.train import TrainRequest, train
+
+    cfg = training_overrides(mlconfig.load(args.config), args)
+    if cfg.training.signal and cfg.training.signal not in SIGNALS:
+        raise UserError(f"Unknown signal '{cfg.training.signal}'. Choose one of: {', '.join(SIGNALS)}, or none.")
+    ft = freqtrade_settings(args.config)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    user_data = Path(ft["user_data_dir"]).resolve()
+    storage = cfg.training.storage or f"sqlite:///{user_data / 'optuna.sqlite3'}"
+    user_data.mkdir(parents=True, exist_ok=True)
+    request = TrainRequest(
+        datadir=Path(ft["datadir"]), pairs=args.pairs or ft["pairs"], timeframe=ft["timeframe"],
+        timerange=args.timerange, data_format=ft["data_format"],
+        output=Path(args.output) if args.output else user_data / "models" / cfg.model.name / stamp,
+        storage=storage, study=cfg.training.study or f"{cfg.model.name}-{stamp}",
+        tracking_mode=None,
+    )
+    columns = [TextColumn("Optuna trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("trials", total=cfg.training.trials)
+        summary = train(cfg, request, progress=lambda done: bar.update(task, completed=done))
+    print(json.dumps(summary, default=str))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from ml.demo import run_demo
@@ -174,6 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("freqtrade_args", nargs=argparse.REMAINDER, help="freqtrade's arguments")
     ft.set_defaults(func=cmd_freqtrade)
 
+    tr = sub.add_parser(
+        "train",
+        help="tune, fit, calibrate and evaluate a model on the config's pairs",
+        description="Build the pooled dataset (rows where the base signal fired, or all candles), "
+        "tune with Optuna on purged walk-forward folds of the training block, refit the best trial, "
+        "calibrate on the calibration block, evaluate once on the test block, and save a bundle "
+        "(model, calibrator, metrics.json, plots) plus a W&B run. Prints one JSON summary line.",
+    )
+    tr.add_argument("-c", "--config", default="config.json")
+    tr.add_argument("--pairs", nargs="+", help="override the config's pair_whitelist")
+    tr.add_argument("--timerange", help="freqtrade timerange of the data to use, e.g. 20240101-20250101")
+    tr.add_argument("--trials", type=int, help="Optuna trials to run now (default: training.trials)")
+    tr.add_argument("--timeout", type=float, help="stop tuning after this many seconds")
+    tr.add_argument("--families", nargs="+", help="model families to search: xgboost lightgbm hist_gb logistic")
+    tr.add_argument("--storage", help="Optuna storage URL (default: sqlite in user_data)")
+    tr.add_argument("--study", help="study name; an existing study resumes (default: new, timestamped)")
+    tr.add_argument("--workers", type=int, help="worker processes on the study, each on its own cores")
+    tr.add_argument("--signal", help="base signal whose candles are the rows, or 'none' for all candles")
+    tr.add_argument("--tracking", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
+    tr.add_argument("--seed", type=int, help="random seed (default: training.seed)")
+    tr.add_argument("--output", help="bundle folder (default: user_data/models/<name>/<timestamp>)")
+    tr.set_defaults(func=cmd_train)
+
     demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
     demo.add_argument("-c", "--config", default="config.json")
     demo.set_defaults(func=cmd_demo)
@@ -181,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ml.bundle import BundleError
     from ml.data import DataError
+    from ml.dataset import TrainingDataError
+    from ml.splits import SplitError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -190,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (UserError, mlconfig.ConfigError, DataError) as err:
+    except (UserError, mlconfig.ConfigError, DataError, TrainingDataError, SplitError, BundleError) as err:
         print(f"ftml: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

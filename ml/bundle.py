@@ -1,0 +1,106 @@
+"""A self-describing model bundle: one folder, no executable formats.
+
+    bundle.json      what the model is: family, params, features, feature_set_id, label
+                     barriers, signal, pairs, time ranges, train_end, metrics summary
+    model.*          the model in its library's native format (see ml.models)
+    calibrator.json  the calibration map
+    metrics.json     the full evaluation report
+    plots/*.png      reliability diagram, feature importance, optimisation history
+
+Loading reads only these names; any other file in the folder (a planted pickle, say) is
+never opened.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml import calibration
+from ml.models import FAMILIES, FittedModel, load_model
+
+BUNDLE_FORMAT = 1
+MANIFEST = "bundle.json"
+CALIBRATOR = "calibrator.json"
+METRICS = "metrics.json"
+
+
+class BundleError(ValueError):
+    """A bundle folder that cannot be used; the message names the file."""
+
+
+@dataclass
+class Bundle:
+    manifest: dict[str, Any]
+    model: FittedModel
+    calibrator: calibration.Calibrator
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.manifest["feature_names"])
+
+    @property
+    def feature_set_id(self) -> str:
+        return str(self.manifest["feature_set_id"])
+
+    @property
+    def train_end(self) -> pd.Timestamp:
+        return pd.Timestamp(self.manifest["train_end"])
+
+    def predict_raw(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(X, pd.DataFrame):
+            X = X[self.feature_names].to_numpy(dtype=np.float64)
+        return self.model.predict_raw(X)
+
+    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Calibrated probability that the trade wins, one per row, vectorised."""
+        return self.calibrator.transform(self.predict_raw(X))
+
+
+def save_bundle(folder: Path, model: FittedModel, calibrator: calibration.Calibrator,
+                manifest: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """Write every file of the bundle; return the file names (relative to ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = model.save(folder)
+    (folder / CALIBRATOR).write_text(calibration.to_json(calibrator))
+    (folder / METRICS).write_text(json.dumps(metrics, indent=2, default=str))
+    manifest = {**manifest, "format": BUNDLE_FORMAT, "family": model.family, "params": model.params,
+                "best_iteration": model.best_iteration, "model_files": files,
+                "calibrator_file": CALIBRATOR, "metrics_file": METRICS}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return [*files, CALIBRATOR, METRICS, MANIFEST]
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path} is missing: not a model bundle") from None
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path} is not valid JSON: {err}") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: bundle format {manifest.get('format')!r}, this version reads {BUNDLE_FORMAT}")
+    if manifest.get("family") not in FAMILIES:
+        raise BundleError(f"{path}: unknown model family {manifest.get('family')!r}")
+    return manifest
+
+
+def load_bundle(folder: str | Path) -> Bundle:
+    """Load model and calibrator from the known file names only (never pickle)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:
+        model = load_model(manifest["family"], folder, manifest.get("params"))
+    except Exception as err:
+        raise BundleError(f"{folder / FAMILIES[manifest['family']].filename}: cannot load model: {err}") from err
+    try:
+        calibrator = calibration.from_json((folder / CALIBRATOR).read_text())
+    except (OSError, ValueError, KeyError) as err:
+        raise BundleError(f"{folder / CALIBRATOR}: cannot load calibrator: {err}") from err
+    return Bundle(manifest, model, calibrator)

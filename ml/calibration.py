@@ -1,0 +1,121 @@
+"""Probability calibration fitted on the calibration block only, stored as JSON.
+
+* sigmoid (Platt): p = 1 / (1 + exp(-(a * logit(p_raw) + b))): two numbers;
+* isotonic: a monotone step function, stored as its two threshold arrays; only with at
+  least ``MIN_ISOTONIC_ROWS`` rows, because with fewer it overfits the block.
+
+The method is chosen by log loss on the calibration block with time-ordered cross-fitting
+(fit on one half, score on the other, both ways), so the choice is not made on the rows
+that fitted it; the chosen method is then refitted on the whole block.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+MIN_ISOTONIC_ROWS = 1000
+EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+@dataclass
+class SigmoidCalibrator:
+    a: float = 1.0
+    b: float = 0.0
+    method: str = "sigmoid"
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> SigmoidCalibrator:
+        model = LogisticRegression(C=1e6, max_iter=1000)
+        model.fit(_logit(p_raw).reshape(-1, 1), np.asarray(y, dtype=int))
+        self.a, self.b = float(model.coef_[0, 0]), float(model.intercept_[0])
+        return self
+
+    def transform(self, p_raw: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.a * _logit(p_raw) + self.b)))
+
+    def to_dict(self) -> dict:
+        return {"method": "sigmoid", "a": self.a, "b": self.b}
+
+
+@dataclass
+class IsotonicCalibrator:
+    x: list[float] | None = None
+    y: list[float] | None = None
+    method: str = "isotonic"
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> IsotonicCalibrator:
+        if len(p_raw) < MIN_ISOTONIC_ROWS:
+            raise ValueError(
+                f"Isotonic calibration needs at least {MIN_ISOTONIC_ROWS} calibration rows, got {len(p_raw)}; "
+                "use sigmoid."
+            )
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=EPS, y_max=1 - EPS)
+        iso.fit(np.asarray(p_raw, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        self.x, self.y = iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()
+        return self
+
+    def transform(self, p_raw: np.ndarray) -> np.ndarray:
+        if self.x is None:
+            raise RuntimeError("IsotonicCalibrator is not fitted: call fit first.")
+        return np.interp(np.asarray(p_raw, dtype=np.float64), self.x, self.y)
+
+    def to_dict(self) -> dict:
+        return {"method": "isotonic", "x": self.x, "y": self.y}
+
+
+Calibrator = SigmoidCalibrator | IsotonicCalibrator
+
+
+def to_json(cal: Calibrator) -> str:
+    return json.dumps(cal.to_dict())
+
+
+def from_json(text: str) -> Calibrator:
+    """Rebuild a calibrator from its JSON; unknown methods or shapes are refused."""
+    data = json.loads(text)
+    method = data.get("method")
+    if method == "sigmoid":
+        return SigmoidCalibrator(float(data["a"]), float(data["b"]))
+    if method == "isotonic":
+        x, y = [float(v) for v in data["x"]], [float(v) for v in data["y"]]
+        if len(x) != len(y) or not x:
+            raise ValueError("isotonic calibrator JSON needs two arrays of the same, non-zero length")
+        return IsotonicCalibrator(x, y)
+    raise ValueError(f"Unknown calibration method {method!r}; expected 'sigmoid' or 'isotonic'")
+
+
+def _cross_fit_loss(make, p_raw: np.ndarray, y: np.ndarray) -> float:
+    """Log loss of ``make()`` fitted on one time-half and scored on the other, both ways."""
+    half = len(p_raw) // 2
+    parts = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
+    losses = []
+    for fit_part, score_part in parts:
+        cal = make().fit(p_raw[fit_part], y[fit_part])
+        losses.append(log_loss(y[score_part], cal.transform(p_raw[score_part]), labels=[0, 1]))
+    return float(np.mean(losses))
+
+
+def choose_and_fit(p_raw: np.ndarray, y: np.ndarray, methods=("sigmoid", "isotonic")) -> tuple[Calibrator, dict]:
+    """Pick the method with the lowest cross-fitted log loss; refit it on the whole block.
+
+    ``p_raw`` and ``y`` must be the calibration block in time order.
+    """
+    p_raw, y = np.asarray(p_raw, dtype=np.float64), np.asarray(y, dtype=int)
+    if len(np.unique(y)) < 2:
+        raise ValueError("The calibration block has only one class: use a longer timerange.")
+    makers = {"sigmoid": SigmoidCalibrator, "isotonic": IsotonicCalibrator}
+    # Each half must itself be large enough for isotonic.
+    allowed = [m for m in methods if m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS]
+    scores = {m: _cross_fit_loss(makers[m], p_raw, y) for m in allowed}
+    best = min(scores, key=scores.get)
+    return makers[best]().fit(p_raw, y), {"method": best, "cross_fit_log_loss": scores}

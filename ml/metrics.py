@@ -1,0 +1,182 @@
+"""Out-of-time evaluation: discrimination, calibration that respects sample size, EV gate.
+
+All functions take the untouched test block. ECE alone misleads on small samples (a
+perfectly calibrated forecaster shows ECE > 0 from noise), so it is reported next to the
+band such a forecaster would show at the same n, with calibration-in-the-large and
+Spiegelhalter's Z.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+N_BINS = 10
+NOISE_SIMULATIONS = 200
+
+
+def expected_value(p: np.ndarray, take_profit: np.ndarray | float, stop_loss: np.ndarray | float,
+                   fee: float) -> np.ndarray:
+    """EV of a long trade per unit stake: p*tp - (1-p)*sl - fee (DESIGN.md, "Gate")."""
+    return p * take_profit - (1.0 - p) * stop_loss - fee
+
+
+def auc_with_se(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and its Hanley-McNeil standard error."""
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    auc = float(roc_auc_score(y, p))
+    n1, n0 = int(y.sum()), int(len(y) - y.sum())
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (n1 - 1) * (q1 - auc**2) + (n0 - 1) * (q2 - auc**2)) / (n1 * n0)
+    return auc, float(math.sqrt(max(var, 0.0)))
+
+
+def auc_block_bootstrap_se(y: np.ndarray, p: np.ndarray, times: np.ndarray, block: np.timedelta64,
+                           reps: int = 200, seed: int = 0) -> float:
+    """AUC standard error from resampling whole time blocks.
+
+    Labels of neighbouring candles share most of their future (overlapping horizons), so
+    rows are not independent and Hanley-McNeil understates the error; blocks as long as
+    the horizon keep that dependence inside each resampled unit.
+    """
+    block_id = ((times - times.min()) // block).astype(np.int64)
+    ids, inverse = np.unique(block_id, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(reps):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+        if len(np.unique(y[rows])) == 2:
+            aucs.append(roc_auc_score(y[rows], p[rows]))
+    return float(np.std(aucs)) if len(aucs) > 1 else float("nan")
+
+
+def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, float]]:
+    """Quantile bins of p: count, mean p and hit rate per bin."""
+    order = np.argsort(p, kind="stable")
+    rows = []
+    for chunk in np.array_split(order, n_bins):
+        if len(chunk) == 0:
+            continue
+        rows.append({
+            "count": int(len(chunk)),
+            "p_low": float(p[chunk].min()),
+            "p_high": float(p[chunk].max()),
+            "mean_p": float(p[chunk].mean()),
+            "hit_rate": float(y[chunk].mean()),
+        })
+    return rows
+
+
+def ece(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> float:
+    table = reliability_table(y, p, n_bins)
+    n = sum(r["count"] for r in table)
+    return float(sum(r["count"] * abs(r["mean_p"] - r["hit_rate"]) for r in table) / n)
+
+
+def ece_noise_band(p: np.ndarray, seed: int = 0, n_bins: int = N_BINS) -> tuple[float, float]:
+    """5th and 95th percentile of ECE for a *perfectly calibrated* forecaster with these p."""
+    rng = np.random.default_rng(seed)
+    sims = [ece(rng.random(len(p)) < p, p, n_bins) for _ in range(NOISE_SIMULATIONS)]
+    return float(np.percentile(sims, 5)), float(np.percentile(sims, 95))
+
+
+def calibration_in_the_large(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """mean p - hit rate, and its standard error under perfect calibration."""
+    return float(p.mean() - y.mean()), float(math.sqrt(np.sum(p * (1 - p))) / len(p))
+
+
+def spiegelhalter_z(y: np.ndarray, p: np.ndarray) -> float:
+    """Spiegelhalter's Z: ~N(0, 1) when p is calibrated."""
+    num = np.sum((y - p) * (1 - 2 * p))
+    den = math.sqrt(np.sum((1 - 2 * p) ** 2 * p * (1 - p)))
+    return float(num / den) if den > 0 else float("nan")
+
+
+def calibration_report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    band = ece_noise_band(p)
+    citl, citl_se = calibration_in_the_large(y, p)
+    return {
+        "ece": ece(y, p),
+        "ece_noise_band_90": list(band),
+        "calibration_in_the_large": citl,
+        "calibration_in_the_large_se": citl_se,
+        "spiegelhalter_z": spiegelhalter_z(y, p),
+        "reliability": reliability_table(y, p),
+    }
+
+
+def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, take_profit, stop_loss, fee: float,
+                       margin: float = 0.0) -> dict[str, Any]:
+    """Trades the EV gate would take on the test rows, against taking every row."""
+    ev = expected_value(p, take_profit, stop_loss, fee)
+    taken = ev > margin
+
+    def summary(mask: np.ndarray) -> dict[str, float]:
+        n = int(mask.sum())
+        r = realised[mask]
+        return {
+            "trades": n,
+            "hit_rate": float((r > 0).mean()) if n else float("nan"),
+            "mean_return": float(r.mean()) if n else float("nan"),
+            "total_return": float(r.sum()) if n else 0.0,
+        }
+
+    gated, everything = summary(taken), summary(np.ones_like(taken, dtype=bool))
+    return {"margin": margin, "gated": gated, "all_signals": everything,
+            "share_taken": gated["trades"] / max(everything["trades"], 1)}
+
+
+def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.ndarray,
+             take_profit, stop_loss, fee: float, margin: float = 0.0,
+             times: np.ndarray | None = None, block: np.timedelta64 | None = None) -> dict[str, Any]:
+    """Everything the report needs, on the untouched test block.
+
+    With ``times`` and ``block`` (the label horizon), the AUC standard error is the larger
+    of Hanley-McNeil and a block bootstrap, so overlapping labels don't fake an edge.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    auc, auc_se = auc_with_se(y, p_cal)
+    if times is not None and block is not None:
+        auc_se = max(auc_se, auc_block_bootstrap_se(y, p_cal, times, block))
+    base_rate = float(y.mean())
+    brier = float(brier_score_loss(y, p_cal))
+    brier_ref = base_rate * (1 - base_rate)  # a constant forecast of the test hit rate
+    report = {
+        "rows": int(len(y)),
+        "base_rate": base_rate,
+        "mean_p": float(p_cal.mean()),
+        "auc": auc,
+        "auc_se": auc_se,
+        "log_loss": float(log_loss(y, np.clip(p_cal, 1e-6, 1 - 1e-6), labels=[0, 1])),
+        "brier": brier,
+        "brier_skill": 1.0 - brier / brier_ref if brier_ref > 0 else float("nan"),
+        "calibrated": calibration_report(y, p_cal),
+        "raw": {"ece": ece(y, p_raw), "log_loss": float(log_loss(y, np.clip(p_raw, 1e-6, 1 - 1e-6), labels=[0, 1])),
+                "reliability": reliability_table(y, p_raw)},
+        "ev_gate": ev_gate_simulation(p_cal, realised, take_profit, stop_loss, fee, margin),
+    }
+    report["verdict"] = edge_verdict(report)
+    return report
+
+
+def edge_verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """'edge' only when AUC is above 0.5 by two standard errors AND Brier skill is positive."""
+    reasons = []
+    if not report["auc"] - 2 * report["auc_se"] > 0.5:
+        reasons.append(f"test AUC {report['auc']:.3f} is within 2 SE ({report['auc_se']:.3f}) of 0.5")
+    if not report["brier_skill"] > 0:
+        reasons.append(f"Brier skill {report['brier_skill']:.4f} <= 0 (no better than the base rate)")
+    return {"edge": not reasons, "label": "edge" if not reasons else "no edge", "reasons": reasons}
+
+
+def trial_spread(values: list[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return {"count": 0}
+    return {"count": int(len(v)), "best": float(v.min()), "median": float(np.median(v)),
+            "worst": float(v.max()), "std": float(v.std())}

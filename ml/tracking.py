@@ -1,0 +1,144 @@
+"""Experiment tracking: a small protocol, a W&B implementation and a no-op one.
+
+W&B runs online when an API key is configured (``WANDB_API_KEY`` or ``wandb login``),
+offline otherwise (a local run under ``<dir>/wandb/`` that ``wandb sync`` uploads later),
+and not at all when disabled. Tracking never fails a training run: every call that goes
+wrong logs a warning and the run carries on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from ml.config import TrackingSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    link: str | None
+
+    def log_trials(self, rows: list[dict[str, Any]]) -> None: ...
+    def log_metrics(self, metrics: dict[str, Any]) -> None: ...
+    def log_images(self, images: dict[str, Path]) -> None: ...
+    def log_model(self, folder: Path, name: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NoopTracker:
+    """Same interface, does nothing: tracking disabled."""
+
+    link: str | None = None
+
+    def log_trials(self, rows): ...
+    def log_metrics(self, metrics): ...
+    def log_images(self, images): ...
+    def log_model(self, folder, name): ...
+    def finish(self): ...
+
+
+def _never_raises(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:  # tracking must never fail training
+            logger.warning("W&B %s failed, continuing without it: %s", method.__name__, err)
+            return None
+
+    return wrapper
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(settings: TrackingSettings) -> str:
+    if settings.mode == "auto":
+        return "online" if has_api_key() else "offline"
+    return settings.mode
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | str]:
+    """Nested metrics as 'a/b/c' keys with scalar values (lists are left out)."""
+    flat: dict[str, float | str] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "/"))
+        elif isinstance(value, bool):
+            flat[name] = float(value)
+        elif isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            flat[name] = value
+        elif isinstance(value, str):
+            flat[name] = value
+    return flat
+
+
+class WandbTracker:
+    """One W&B run. Construct through :func:`start`."""
+
+    def __init__(self, run):
+        self.run = run
+        self.link = run.url if getattr(run, "url", None) else str(Path(run.dir).parent)
+
+    @_never_raises
+    def log_trials(self, rows):
+        for row in rows:
+            self.run.log({f"trial/{k}": v for k, v in row.items() if v is not None})
+
+    @_never_raises
+    def log_metrics(self, metrics):
+        self.run.summary.update(flatten(metrics))
+
+    @_never_raises
+    def log_images(self, images):
+        import wandb
+
+        self.run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()})
+
+    @_never_raises
+    def log_model(self, folder, name):
+        import wandb
+
+        artifact = wandb.Artifact(name=name, type="model")
+        artifact.add_dir(str(folder))
+        self.run.log_artifact(artifact)
+
+    @_never_raises
+    def finish(self):
+        self.run.finish()
+
+
+def start(settings: TrackingSettings, config: dict[str, Any], name: str, job_type: str = "train",
+          mode: str | None = None) -> Tracker:
+    """Open a run (or a no-op tracker). Failure to start W&B warns and returns the no-op."""
+    mode = mode or resolve_mode(settings)
+    if mode == "disabled":
+        return NoopTracker()
+    try:
+        import wandb
+
+        Path(settings.dir).mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=settings.project, entity=settings.entity, dir=settings.dir, mode=mode,
+            config=config, name=name, job_type=job_type, reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+        tracker = WandbTracker(run)
+        logger.info("W&B %s run: %s", mode, tracker.link)
+        return tracker
+    except Exception as err:
+        logger.warning("Could not start W&B (%s mode), training without tracking: %s", mode, err)
+        return NoopTracker()

@@ -1,0 +1,187 @@
+"""Training pipeline: dataset -> splits -> Optuna study -> refit -> calibrate -> evaluate -> bundle.
+
+Honest by construction: the study sees only the training block (purged walk-forward
+folds); the calibrator sees only the calibration block with the model frozen; the test
+block is touched once, for the report. Nothing is shuffled.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from ml import calibration, plots, tracking
+from ml.bundle import save_bundle
+from ml.config import MLConfig
+from ml.dataset import Dataset, build_dataset
+from ml.features import FeatureEngineer
+from ml.metrics import evaluate, trial_spread
+from ml.models import available_cores
+from ml.splits import PurgedWalkForward, chronological_split, purge_gap
+from ml.tuning import TuningData, best_params, finished, fit_family, run_study
+
+logger = logging.getLogger(__name__)
+PLOTS = "plots"
+
+
+@dataclass
+class TrainRequest:
+    """Where the data is and where the results go (the config says how to train)."""
+
+    datadir: Path
+    pairs: list[str]
+    timeframe: str
+    timerange: str | None
+    output: Path
+    storage: str
+    study: str
+    data_format: str = "feather"
+    tracking_mode: str | None = None
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent)
+        return done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _span(data: Dataset) -> list[str]:
+    return [str(pd.Timestamp(data.times.min(), tz="UTC")), str(pd.Timestamp(data.times.max(), tz="UTC"))]
+
+
+def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    return [
+        {"number": t.number, "state": t.state.name, "value": t.value, "family": t.user_attrs.get("family"),
+         "auc": t.user_attrs.get("auc"), "brier": t.user_attrs.get("brier")}
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
+    """Run the whole pipeline; return the summary (also written into the bundle)."""
+    started = time.perf_counter()
+    t = cfg.training
+    signal = t.signal
+    data = build_dataset(cfg, req.datadir, req.pairs, req.timeframe, req.timerange, signal, req.data_format)
+    gap = purge_gap(req.timeframe, cfg.label.horizon, t.embargo)
+    split = chronological_split(data.times, t.calib_fraction, t.test_fraction, gap, data.label_end,
+                                min_rows=max(30, t.min_samples // 10))
+    train_block, calib_block, test_block = data.take(split.train), data.take(split.calib), data.take(split.test)
+    folds = list(PurgedWalkForward(t.folds, gap, min_train_rows=50).split(train_block.times, train_block.label_end))
+    logger.info("Rows: %d train, %d calibration, %d test; %d folds; purge gap %s",
+                len(train_block), len(calib_block), len(test_block), len(folds), gap)
+
+    # ---- tuning on the training block only
+    X_train = train_block.X.to_numpy(dtype=np.float64)
+    tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed)
+    n_jobs = t.n_jobs or available_cores()
+    study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress)
+    family, params = best_params(study, list(t.families))
+
+    # ---- refit the best trial on the whole training block, then freeze it
+    model = fit_family(family, params, X_train, train_block.y, train_block.times,
+                       np.arange(len(train_block)), n_jobs, t.seed)
+    p_calib_raw = model.predict_raw(calib_block.X.to_numpy(dtype=np.float64))
+    calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
+
+    # ---- one look at the test block
+    p_test_raw = model.predict_raw(test_block.X.to_numpy(dtype=np.float64))
+    p_test = calibrator.transform(p_test_raw)
+    horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
+    report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, test_block.take_profit,
+                      test_block.stop_loss, cfg.label.fee, cfg.gate.ev_margin, test_block.times, horizon_span)
+    trials = study.get_trials(deepcopy=False)
+    values = [tr.value for tr in trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    report["trials"] = {
+        "finished": finished(study), "complete": len(values),
+        "pruned": sum(tr.state == optuna.trial.TrialState.PRUNED for tr in trials),
+        "failed": sum(tr.state == optuna.trial.TrialState.FAIL for tr in trials),
+        "oof_log_loss": trial_spread(values), "best_number": study.best_trial.number,
+        "best_value": study.best_value,
+    }
+    report["calibration_choice"] = calib_info
+    report["dataset"] = data.info
+
+    # ---- bundle
+    engineer = FeatureEngineer(cfg.features, req.timeframe)
+    out = req.output
+    (out / PLOTS).mkdir(parents=True, exist_ok=True)
+    images = {
+        "reliability": plots.reliability_diagram(report["raw"]["reliability"], report["calibrated"]["reliability"],
+                                                 report["calibrated"]["ece_noise_band_90"], out / PLOTS / "reliability.png"),
+        "feature_importance": plots.feature_importance(engineer.feature_names, model.importance(len(engineer.feature_names)),
+                                                       out / PLOTS / "feature_importance.png"),
+        "optimisation_history": plots.optimisation_history([tr.value for tr in trials], [tr.state.name for tr in trials],
+                                                           out / PLOTS / "optimisation_history.png"),
+    }
+    manifest = {
+        "model_name": cfg.model.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "feature_names": engineer.feature_names,
+        "feature_set_id": data.feature_set_id,
+        "features": cfg.features.model_dump(),
+        "timeframe": req.timeframe,
+        "startup_candles": engineer.startup_candles,
+        "label": cfg.label.model_dump(),
+        "signal": signal,
+        "pairs": sorted(data.info["pairs"]),
+        "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
+        # The newest candle any fitted part (model or calibrator) depended on.
+        "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
+        "study": {"storage": req.storage, "name": req.study, "trials": report["trials"]["finished"]},
+        "metrics": _headline(report),
+        "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
+    }
+    files = save_bundle(out, model, calibrator, manifest, report)
+
+    # ---- tracking (never fails the run)
+    tracker = tracking.start(cfg.tracking, _tracking_config(cfg, req, data, manifest), name=out.name,
+                             mode=req.tracking_mode)
+    tracker.log_trials(_trial_rows(study))
+    tracker.log_metrics(report)
+    tracker.log_images(images)
+    tracker.log_model(out, name=f"{cfg.model.name}-model")
+    tracker.finish()
+
+    return {
+        "model": cfg.model.name, "bundle": str(out), "files": files, "family": family,
+        "rows": {"train": len(train_block), "calibration": len(calib_block), "test": len(test_block)},
+        "test": _headline(report), "verdict": report["verdict"]["label"], "reasons": report["verdict"]["reasons"],
+        "trials": {k: report["trials"][k] for k in ("finished", "complete", "pruned", "failed")},
+        "study": req.study, "tracking": tracker.link, "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    cal = report["calibrated"]
+    gate = report["ev_gate"]
+    return {
+        "auc": report["auc"], "auc_se": report["auc_se"], "log_loss": report["log_loss"],
+        "brier": report["brier"], "brier_skill": report["brier_skill"], "base_rate": report["base_rate"],
+        "mean_p": report["mean_p"], "ece": cal["ece"], "ece_raw": report["raw"]["ece"],
+        "ece_noise_band_90": cal["ece_noise_band_90"], "calibration_in_the_large": cal["calibration_in_the_large"],
+        "spiegelhalter_z": cal["spiegelhalter_z"], "ev_gate_trades": gate["gated"]["trades"],
+        "ev_gate_mean_return": gate["gated"]["mean_return"], "all_signals_trades": gate["all_signals"]["trades"],
+        "all_signals_mean_return": gate["all_signals"]["mean_return"], "edge": report["verdict"]["edge"],
+    }
+
+
+def _tracking_config(cfg: MLConfig, req: TrainRequest, data: Dataset, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ml": cfg.model_dump(), "pairs": manifest["pairs"], "timeframe": req.timeframe, "timerange": req.timerange,
+        "data_start": data.info.get("start"), "data_end": data.info.get("end"),
+        "feature_set_id": data.feature_set_id, "git_commit": manifest["git_commit"], "study": req.study,
+    }
