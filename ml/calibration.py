@@ -2,11 +2,16 @@
 
 * sigmoid (Platt): p = 1 / (1 + exp(-(a * logit(p_raw) + b))): two numbers;
 * isotonic: a monotone step function, stored as its two threshold arrays; only with at
-  least ``MIN_ISOTONIC_ROWS`` rows, because with fewer it overfits the block.
+  least ``MIN_ISOTONIC_ROWS`` rows, because with fewer it overfits the block;
+* constant: the block's hit rate for every row: what is left when the model's scores
+  carry no information out of sample. Competing against it keeps a spurious slope
+  fitted on noise from spreading probabilities (and EV-gate entries) on a market with
+  no signal.
 
 The method is chosen by log loss on the calibration block with time-ordered cross-fitting
 (fit on one half, score on the other, both ways), so the choice is not made on the rows
-that fitted it; the chosen method is then refitted on the whole block.
+that fitted it, and a more flexible map must beat a simpler one by two standard errors;
+the chosen method is then refitted on the whole block.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
 
 MIN_ISOTONIC_ROWS = 1000
 EPS = 1e-6
@@ -73,7 +77,23 @@ class IsotonicCalibrator:
         return {"method": "isotonic", "x": self.x, "y": self.y}
 
 
-Calibrator = SigmoidCalibrator | IsotonicCalibrator
+@dataclass
+class ConstantCalibrator:
+    p: float = 0.5
+    method: str = "constant"
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> ConstantCalibrator:
+        self.p = float(np.clip(np.mean(y), EPS, 1 - EPS))
+        return self
+
+    def transform(self, p_raw: np.ndarray) -> np.ndarray:
+        return np.full(len(p_raw), self.p)
+
+    def to_dict(self) -> dict:
+        return {"method": "constant", "p": self.p}
+
+
+Calibrator = SigmoidCalibrator | IsotonicCalibrator | ConstantCalibrator
 
 
 def to_json(cal: Calibrator) -> str:
@@ -86,36 +106,51 @@ def from_json(text: str) -> Calibrator:
     method = data.get("method")
     if method == "sigmoid":
         return SigmoidCalibrator(float(data["a"]), float(data["b"]))
+    if method == "constant":
+        return ConstantCalibrator(float(data["p"]))
     if method == "isotonic":
         x, y = [float(v) for v in data["x"]], [float(v) for v in data["y"]]
         if len(x) != len(y) or not x:
             raise ValueError("isotonic calibrator JSON needs two arrays of the same, non-zero length")
         return IsotonicCalibrator(x, y)
-    raise ValueError(f"Unknown calibration method {method!r}; expected 'sigmoid' or 'isotonic'")
+    raise ValueError(f"Unknown calibration method {method!r}; expected 'sigmoid', 'isotonic' or 'constant'")
 
 
-def _cross_fit_loss(make, p_raw: np.ndarray, y: np.ndarray) -> float:
-    """Log loss of ``make()`` fitted on one time-half and scored on the other, both ways."""
+def _cross_fit_row_losses(make, p_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row log loss of ``make()`` fitted on one time-half and scored on the other, both ways."""
     half = len(p_raw) // 2
-    parts = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
-    losses = []
-    for fit_part, score_part in parts:
-        cal = make().fit(p_raw[fit_part], y[fit_part])
-        losses.append(log_loss(y[score_part], cal.transform(p_raw[score_part]), labels=[0, 1]))
-    return float(np.mean(losses))
+    losses = np.empty(len(p_raw))
+    for fit_part, score_part in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+        p = np.clip(make().fit(p_raw[fit_part], y[fit_part]).transform(p_raw[score_part]), EPS, 1 - EPS)
+        losses[score_part] = -(y[score_part] * np.log(p) + (1 - y[score_part]) * np.log(1 - p))
+    return losses
 
 
-def choose_and_fit(p_raw: np.ndarray, y: np.ndarray, methods=("sigmoid", "isotonic")) -> tuple[Calibrator, dict]:
-    """Pick the method with the lowest cross-fitted log loss; refit it on the whole block.
+# Simplest first: a more flexible map must earn its place.
+COMPLEXITY_ORDER = ("constant", "sigmoid", "isotonic")
+MAKERS = {"sigmoid": SigmoidCalibrator, "isotonic": IsotonicCalibrator, "constant": ConstantCalibrator}
 
-    ``p_raw`` and ``y`` must be the calibration block in time order.
+
+def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
+                   methods=COMPLEXITY_ORDER) -> tuple[Calibrator, dict]:
+    """Pick a method by cross-fitted log loss; refit it on the whole block.
+
+    ``p_raw`` and ``y`` must be the calibration block in time order. A more flexible
+    method replaces a simpler one only when it lowers the cross-fitted log loss by more
+    than two standard errors of the paired per-row difference, so noise alone never
+    buys a slope (or steps).
     """
     p_raw, y = np.asarray(p_raw, dtype=np.float64), np.asarray(y, dtype=int)
     if len(np.unique(y)) < 2:
         raise ValueError("The calibration block has only one class: use a longer timerange.")
-    makers = {"sigmoid": SigmoidCalibrator, "isotonic": IsotonicCalibrator}
     # Each half must itself be large enough for isotonic.
-    allowed = [m for m in methods if m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS]
-    scores = {m: _cross_fit_loss(makers[m], p_raw, y) for m in allowed}
-    best = min(scores, key=scores.get)
-    return makers[best]().fit(p_raw, y), {"method": best, "cross_fit_log_loss": scores}
+    allowed = [m for m in COMPLEXITY_ORDER if m in methods
+               and (m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS)]
+    losses = {m: _cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
+    best = allowed[0]
+    for method in allowed[1:]:
+        diff = losses[method] - losses[best]
+        if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
+            best = method
+    scores = {m: float(v.mean()) for m, v in losses.items()}
+    return MAKERS[best]().fit(p_raw, y), {"method": best, "cross_fit_log_loss": scores}

@@ -35,24 +35,25 @@ def auc_with_se(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return auc, float(math.sqrt(max(var, 0.0)))
 
 
-def auc_block_bootstrap_se(y: np.ndarray, p: np.ndarray, times: np.ndarray, block: np.timedelta64,
-                           reps: int = 200, seed: int = 0) -> float:
-    """AUC standard error from resampling whole time blocks.
+def block_bootstrap_se(stat, y: np.ndarray, p: np.ndarray, times: np.ndarray, block: np.timedelta64,
+                       reps: int = 200, seed: int = 0) -> float:
+    """Standard error of ``stat(y, p)`` from resampling whole time blocks.
 
-    Labels of neighbouring candles share most of their future (overlapping horizons), so
-    rows are not independent and Hanley-McNeil understates the error; blocks as long as
-    the horizon keep that dependence inside each resampled unit.
+    Labels of neighbouring candles share most of their future (overlapping horizons), and
+    all pairs share the market's moments, so rows are not independent and textbook
+    errors are too small; blocks as long as the horizon, across every pair, keep that
+    dependence inside each resampled unit.
     """
     block_id = ((times - times.min()) // block).astype(np.int64)
     ids, inverse = np.unique(block_id, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
     rng = np.random.default_rng(seed)
-    aucs = []
+    values = []
     for _ in range(reps):
         rows = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
         if len(np.unique(y[rows])) == 2:
-            aucs.append(roc_auc_score(y[rows], p[rows]))
-    return float(np.std(aucs)) if len(aucs) > 1 else float("nan")
+            values.append(stat(y[rows], p[rows]))
+    return float(np.std(values)) if len(values) > 1 else float("nan")
 
 
 def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, float]]:
@@ -133,16 +134,21 @@ def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, take_profit, stop_lo
 
 def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.ndarray,
              take_profit, stop_loss, fee: float, margin: float = 0.0,
-             times: np.ndarray | None = None, block: np.timedelta64 | None = None) -> dict[str, Any]:
+             times: np.ndarray | None = None, block: np.timedelta64 | None = None,
+             fitted_base_rate: float | None = None, min_trades: int = 30) -> dict[str, Any]:
     """Everything the report needs, on the untouched test block.
 
-    With ``times`` and ``block`` (the label horizon), the AUC standard error is the larger
-    of Hanley-McNeil and a block bootstrap, so overlapping labels don't fake an edge.
+    With ``times`` and ``block`` (the label horizon), the AUC and calibration-in-the-large
+    errors are the larger of the textbook value and a block bootstrap, so overlapping
+    labels don't fake an edge. ``fitted_base_rate`` is the hit rate of the rows the model
+    and calibrator were fitted on: what a model with no information should predict.
     """
     y = np.asarray(y, dtype=np.float64)
     auc, auc_se = auc_with_se(y, p_cal)
+    citl_se = None
     if times is not None and block is not None:
-        auc_se = max(auc_se, auc_block_bootstrap_se(y, p_cal, times, block))
+        auc_se = max(auc_se, block_bootstrap_se(roc_auc_score, y, p_cal, times, block))
+        citl_se = block_bootstrap_se(lambda yy, pp: pp.mean() - yy.mean(), y, p_cal, times, block)
     base_rate = float(y.mean())
     brier = float(brier_score_loss(y, p_cal))
     brier_ref = base_rate * (1 - base_rate)  # a constant forecast of the test hit rate
@@ -155,18 +161,29 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
         "log_loss": float(log_loss(y, np.clip(p_cal, 1e-6, 1 - 1e-6), labels=[0, 1])),
         "brier": brier,
         "brier_skill": 1.0 - brier / brier_ref if brier_ref > 0 else float("nan"),
+        "fitted_base_rate": fitted_base_rate,
         "calibrated": calibration_report(y, p_cal),
         "raw": {"ece": ece(y, p_raw), "log_loss": float(log_loss(y, np.clip(p_raw, 1e-6, 1 - 1e-6), labels=[0, 1])),
                 "reliability": reliability_table(y, p_raw)},
         "ev_gate": ev_gate_simulation(p_cal, realised, take_profit, stop_loss, fee, margin),
     }
-    report["verdict"] = edge_verdict(report)
+    if citl_se is not None:
+        report["calibrated"]["calibration_in_the_large_se"] = max(
+            report["calibrated"]["calibration_in_the_large_se"], citl_se)
+    report["verdict"] = edge_verdict(report, min_trades)
     return report
 
 
-def edge_verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """'edge' only when AUC is above 0.5 by two standard errors AND Brier skill is positive."""
+def edge_verdict(report: dict[str, Any], min_trades: int = 30) -> dict[str, Any]:
+    """'edge' only when all hold on the test block: AUC above 0.5 by two standard errors,
+    positive Brier skill, and an EV gate that takes at least ``min_trades`` trades with a
+    positive mean net return. Anything less is reported as "no edge", with the reasons."""
     reasons = []
+    gated = report["ev_gate"]["gated"]
+    if gated["trades"] < min_trades:
+        reasons.append(f"the EV gate takes {gated['trades']} trades (< {min_trades})")
+    elif not gated["mean_return"] > 0:
+        reasons.append(f"gated trades lose on average ({gated['mean_return']:.4f} per trade)")
     if not report["auc"] - 2 * report["auc_se"] > 0.5:
         reasons.append(f"test AUC {report['auc']:.3f} is within 2 SE ({report['auc_se']:.3f}) of 0.5")
     if not report["brier_skill"] > 0:

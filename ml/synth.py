@@ -59,10 +59,15 @@ def simulate(
     flip_at: int | None = None,
     strength: float = STRENGTH,
     start_price: float | None = None,
+    vol_shift_at: int | None = None,
+    vol_shift: float = 1.0,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """One pair's candles plus the planted score ``-z_t`` (zero on a null market).
 
     The score is the oracle's ranking: higher means a larger expected drift up.
+    ``vol_shift_at`` / ``vol_shift`` multiply volatility from that candle on (a calm or
+    wild regime): with fixed barriers the win rate moves with it, the base-rate drift that
+    calibration on a recent block exists to fix.
     """
     if market not in ("null", "planted"):
         raise ValueError(f"market must be 'null' or 'planted', got {market!r}")
@@ -74,6 +79,8 @@ def simulate(
     dates = pd.date_range(start, periods=candles, freq=f"{minutes}min", tz="UTC")
     hours = (dates.hour + dates.minute / 60.0).to_numpy()
     vol_season = _seasonal(hours, peak_hour=15.0, depth=0.3)
+    if vol_shift_at is not None:
+        vol_season[vol_shift_at:] *= vol_shift
     shocks = rng.standard_t(T_DOF, size=candles) / math.sqrt(T_DOF / (T_DOF - 2.0))
 
     kappa = np.zeros(candles)
@@ -146,6 +153,7 @@ def write_market(
     start: str = "2024-01-01",
     flip_at: int | None = None,
     data_format: str = "feather",
+    **process: float | int | None,
 ) -> list[Path]:
     """Write one file per pair in freqtrade's own format and naming."""
     datadir = Path(datadir)
@@ -153,7 +161,7 @@ def write_market(
     handler = get_datahandler(datadir, data_format)
     written = []
     for i, pair in enumerate(pairs):
-        frame, _ = simulate(candles, timeframe, market, pair_seed(seed, i), start, flip_at)
+        frame, _ = simulate(candles, timeframe, market, pair_seed(seed, i), start, flip_at, **process)
         handler.ohlcv_store(pair, timeframe, frame, CandleType.SPOT)
         written.append(handler._pair_data_filename(datadir, pair, timeframe, CandleType.SPOT))
     return written

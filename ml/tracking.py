@@ -89,9 +89,10 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | str]
 class WandbTracker:
     """One W&B run. Construct through :func:`start`."""
 
-    def __init__(self, run):
+    def __init__(self, run, mode: str):
         self.run = run
-        self.link = run.url if getattr(run, "url", None) else str(Path(run.dir).parent)
+        # Offline runs have no URL yet: point at the local run folder for `wandb sync`.
+        self.link = run.url if mode == "online" else str(Path(run.dir).parent.resolve())
 
     @_never_raises
     def log_trials(self, rows):
@@ -136,7 +137,7 @@ def start(settings: TrackingSettings, config: dict[str, Any], name: str, job_typ
             config=config, name=name, job_type=job_type, reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
         )
-        tracker = WandbTracker(run)
+        tracker = WandbTracker(run, mode)
         logger.info("W&B %s run: %s", mode, tracker.link)
         return tracker
     except Exception as err:

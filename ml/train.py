@@ -101,7 +101,9 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     p_test = calibrator.transform(p_test_raw)
     horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
     report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, test_block.take_profit,
-                      test_block.stop_loss, cfg.label.fee, cfg.gate.ev_margin, test_block.times, horizon_span)
+                      test_block.stop_loss, cfg.label.fee, cfg.gate.ev_margin, test_block.times, horizon_span,
+                      fitted_base_rate=float(np.concatenate([train_block.y, calib_block.y]).mean()),
+                      min_trades=cfg.gate.min_trades)
     trials = study.get_trials(deepcopy=False)
     values = [tr.value for tr in trials if tr.state == optuna.trial.TrialState.COMPLETE]
     report["trials"] = {
@@ -171,6 +173,8 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "auc": report["auc"], "auc_se": report["auc_se"], "log_loss": report["log_loss"],
         "brier": report["brier"], "brier_skill": report["brier_skill"], "base_rate": report["base_rate"],
+        "fitted_base_rate": report["fitted_base_rate"],
+        "calibration_in_the_large_se": cal["calibration_in_the_large_se"],
         "mean_p": report["mean_p"], "ece": cal["ece"], "ece_raw": report["raw"]["ece"],
         "ece_noise_band_90": cal["ece_noise_band_90"], "calibration_in_the_large": cal["calibration_in_the_large"],
         "spiegelhalter_z": cal["spiegelhalter_z"], "ev_gate_trades": gate["gated"]["trades"],

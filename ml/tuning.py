@@ -128,7 +128,7 @@ def split_cores(workers: int) -> list[list[int]]:
     """Disjoint core sets, one per worker (workers beyond the core count share round-robin)."""
     cores = sorted(os.sched_getaffinity(0))
     if workers <= len(cores):
-        return [list(chunk) for chunk in np.array_split(cores, workers)]
+        return [[int(c) for c in chunk] for chunk in np.array_split(cores, workers)]
     return [[cores[i % len(cores)]] for i in range(workers)]
 
 

@@ -16,7 +16,7 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "freqtrade-testdata"
 
 def run_ftml(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real command line in a subprocess, as a user would."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "ml.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,

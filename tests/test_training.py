@@ -1,0 +1,202 @@
+"""Training end to end: no edge on a null market, the planted edge found, honest calibration,
+resumable and parallel studies, W&B offline runs read back, bit-identical reloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from ml.bundle import load_bundle
+from ml.config import from_dict
+from ml.synth import ORACLE_AUC_ALL_CANDLES, write_market
+from ml.train import TrainRequest, train
+from tests.conftest import REPO, run_ftml, write_config
+from tests.wandb_reader import read_run
+
+pytestmark = pytest.mark.slow
+FAST = {"signal": None, "families": ["lightgbm", "logistic"], "trials": 6}
+
+
+def pairs(n: int) -> list[str]:
+    return [f"P{i}/USDT" for i in range(n)]
+
+
+def run_training(root: Path, market: str, seed: int, n_pairs: int, candles: int, process=None,
+                 **training) -> dict:
+    write_market(root / "data", pairs(n_pairs), "1h", candles, market, seed, **(process or {}))
+    cfg = from_dict({"training": {**FAST, **training}, "tracking": {"mode": "disabled"}})
+    req = TrainRequest(root / "data", pairs(n_pairs), "1h", None, root / "bundle",
+                       f"sqlite:///{root / 'optuna.db'}", "study")
+    return train(cfg, req)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_null_market_reports_no_edge(tmp_path, seed):
+    # 16 pairs: the test block must be large enough that its own sampling noise (labels
+    # overlap for up to 24 candles) stays well inside the tolerances below.
+    summary = run_training(tmp_path, "null", seed, n_pairs=16, candles=6000)
+    test = summary["test"]
+    assert abs(test["auc"] - 0.5) <= 0.03
+    # The model can only know the base rate of the rows it was fitted on; the test block's
+    # own hit rate differs from it by sampling noise, which we bound separately.
+    assert abs(test["mean_p"] - test["fitted_base_rate"]) <= 0.02
+    assert abs(test["mean_p"] - test["base_rate"]) <= 0.02
+    assert test["brier_skill"] <= 0.005
+    assert test["ev_gate_trades"] <= 0.02 * test["all_signals_trades"]  # almost none
+    assert summary["verdict"] == "no edge" and summary["reasons"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    return root, run_training(root, "planted", 0, n_pairs=6, candles=20000)
+
+
+def test_planted_market_finds_the_edge(planted):
+    _, summary = planted
+    test = summary["test"]
+    assert test["auc"] >= ORACLE_AUC_ALL_CANDLES - 0.05
+    assert test["brier_skill"] > 0
+    assert summary["verdict"] == "edge"
+    assert test["ev_gate_mean_return"] > test["all_signals_mean_return"]
+
+
+def test_calibration_fixes_base_rate_drift_on_planted_data(tmp_path):
+    """Volatility calms to 0.7x before the calibration block: with fixed 3% barriers fewer
+    trades reach either barrier, the win rate falls (~0.47 -> ~0.36), and the raw model,
+    fitted mostly on the wilder past, is off. Calibration on the recent block fixes it."""
+    summary = run_training(tmp_path, "planted", 0, n_pairs=6, candles=20000,
+                           process={"vol_shift_at": 11000, "vol_shift": 0.7})
+    test = summary["test"]
+    assert test["fitted_base_rate"] - test["base_rate"] > 0.05  # the drift is real
+    assert test["ece"] < test["ece_raw"]
+    assert test["ece"] <= 0.03
+    assert abs(test["mean_p"] - test["base_rate"]) < 0.02
+
+
+def test_bundle_is_self_describing(planted):
+    root, summary = planted
+    manifest = json.loads((root / "bundle" / "bundle.json").read_text())
+    for key in ("feature_names", "feature_set_id", "label", "ranges", "train_end", "family", "metrics"):
+        assert key in manifest
+    ranges = manifest["ranges"]
+    assert ranges["train"][1] < ranges["calibration"][0] < ranges["calibration"][1] < ranges["test"][0]
+    assert manifest["train_end"] < ranges["test"][0]  # nothing fitted saw the test block
+    for plot in ("reliability.png", "feature_importance.png", "optimisation_history.png"):
+        assert (root / "bundle" / "plots" / plot).stat().st_size > 5000
+    metrics = json.loads((root / "bundle" / "metrics.json").read_text())
+    assert len(metrics["calibrated"]["reliability"]) == 10
+    assert sum(r["count"] for r in metrics["calibrated"]["reliability"]) == summary["rows"]["test"]
+    assert metrics["trials"]["finished"] == 6 and "oof_log_loss" in metrics["trials"]
+
+
+class PickleBomb:
+    """Unpickling this creates a marker file: proof that something opened a pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+RELOAD = """
+import sys, numpy as np
+from ml.bundle import load_bundle
+bundle = load_bundle(sys.argv[1])
+X = np.load(sys.argv[2])
+np.save(sys.argv[3], bundle.predict_proba(X))
+"""
+
+
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm", "hist_gb", "logistic"])
+def test_reload_in_a_fresh_process_is_bit_identical_and_never_opens_pickles(tmp_path, family):
+    summary = run_training(tmp_path, "planted", 5, n_pairs=2, candles=4000, families=[family], trials=1)
+    folder = Path(summary["bundle"])
+    marker = tmp_path / "pickle_was_opened"
+    for name in ("model.pkl", "calibrator.pkl", "model.joblib"):
+        (folder / name).write_bytes(pickle.dumps(PickleBomb(marker)))
+    X = np.random.default_rng(0).normal(0, 0.05, size=(500, len(load_bundle(folder).feature_names)))
+    here = load_bundle(folder).predict_proba(X)
+    np.save(tmp_path / "X.npy", X)
+    done = subprocess.run([sys.executable, "-c", RELOAD, str(folder), str(tmp_path / "X.npy"),
+                           str(tmp_path / "p.npy")], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    there = np.load(tmp_path / "p.npy")
+    assert np.array_equal(here, there)
+    assert not marker.exists()
+
+
+@pytest.fixture
+def cli_project(tmp_path):
+    write_config(tmp_path / "config.json", ml={"training": {**FAST, "trials": 5}, "tracking": {"mode": "disabled"}})
+    write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC", "LTC/BTC"], "1h", 4000, "planted", 3)
+    return tmp_path
+
+
+def test_resume_adds_trials_to_the_same_study(cli_project):
+    storage = f"sqlite:///{cli_project / 'studies.db'}"
+    for _ in range(2):
+        done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "LTC/BTC", "--trials", "5",
+                        "--storage", storage, "--study", "resumable", cwd=cli_project)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    states = [t.state for t in study.trials]
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 10
+    assert summary["trials"]["finished"] == 10
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_two_workers_share_a_study_on_disjoint_cores(cli_project):
+    storage = f"sqlite:///{cli_project / 'workers.db'}"
+    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "LTC/BTC", "--trials", "6",
+                    "--workers", "2", "--storage", storage, "--study", "parallel", cwd=cli_project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="parallel", storage=storage).trials
+    assert len(trials) == 6
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    cpus_by_pid: dict[int, set] = {}
+    for t in trials:
+        cpus_by_pid.setdefault(t.user_attrs["pid"], set()).update(t.user_attrs["cpus"])
+    assert len(cpus_by_pid) == 2
+    first, second = cpus_by_pid.values()
+    assert first and second and not first & second
+
+
+def test_wandb_offline_run_is_written_and_reads_back(cli_project):
+    env_free = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "train", "-c", "config.json", "--pairs", "ETH/BTC", "LTC/BTC",
+         "--trials", "3", "--tracking", "offline"],
+        cwd=cli_project, capture_output=True, text=True, env={**env_free, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    run_dir = Path(summary["tracking"])
+    assert run_dir.name.startswith("offline-run-") and run_dir.parent == (cli_project / "wandb").resolve()
+    run = read_run(next(run_dir.glob("run-*.wandb")))
+    assert run["summary"]["auc"] == pytest.approx(summary["test"]["auc"])
+    assert run["summary"]["trials/finished"] == 3
+    trial_rows = [h for h in run["history"] if "trial/number" in h]
+    assert sorted(h["trial/number"] for h in trial_rows) == [0, 1, 2]
+    assert any("plots/reliability/path" in h for h in run["history"])
+    (artifact,) = run["artifacts"]
+    files = {f.path for f in artifact.manifest.contents}
+    assert {"bundle.json", "calibrator.json", "metrics.json"} <= files
+    assert any(f.startswith("model.") for f in files)
+
+
+def test_too_little_data_is_refused_with_numbers(cli_project):
+    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "trend_pullback",
+                    "--timerange", "20240101-20240201", cwd=cli_project)
+    assert done.returncode == 2
+    assert "labelled rows" in done.stderr and "min_samples" in done.stderr
