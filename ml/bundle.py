@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ml import calibration
+from ml.errors import FtmlError
 from ml.models import FAMILIES, FittedModel, load_model
 
 BUNDLE_FORMAT = 1
@@ -30,7 +31,7 @@ CALIBRATOR = "calibrator.json"
 METRICS = "metrics.json"
 
 
-class BundleError(ValueError):
+class BundleError(FtmlError, ValueError):
     """A bundle folder that cannot be used; the message names the file."""
 
 

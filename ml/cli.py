@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ml import config as mlconfig
+from ml.errors import FtmlError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
 logger = logging.getLogger("ftml")
 
 
-class UserError(Exception):
-    """Anything the user can fix; printed as one line, exit code 2."""
+class UserError(FtmlError):
+    """A bad combination of command-line arguments."""
 
 
 def freqtrade_settings(config_path: str | Path) -> dict[str, Any]:
@@ -147,6 +148,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("trials", total=cfg.training.trials)
         summary = train(cfg, request, progress=lambda done: bar.update(task, completed=done))
+    if not args.no_register:
+        from ml.registry import open_registry
+
+        entry = open_registry(cfg.registry.path).register(
+            summary["bundle"], cfg.model.name, notes=f"ftml train, study {request.study}")
+        summary["registered"] = {"name": entry["name"], "version": entry["id"], "status": entry["status"],
+                                 "store": cfg.registry.path}
     print(json.dumps(summary, default=str))
     return EXIT_OK
 
@@ -244,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tracking", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
     tr.add_argument("--seed", type=int, help="random seed (default: training.seed)")
     tr.add_argument("--output", help="bundle folder (default: user_data/models/<name>/<timestamp>)")
+
+    tr.add_argument("--no-register", action="store_true", help="only write the bundle; do not register it")
     tr.set_defaults(func=cmd_train)
+
+    from ml.cli_registry import add_parser as add_registry_parser
+
+    add_registry_parser(sub)
 
     demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
     demo.add_argument("-c", "--config", default="config.json")
@@ -253,11 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ml.bundle import BundleError
-    from ml.data import DataError
-    from ml.dataset import TrainingDataError
-    from ml.splits import SplitError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -265,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (UserError, mlconfig.ConfigError, DataError, TrainingDataError, SplitError, BundleError) as err:
+    except FtmlError as err:
         print(f"ftml: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
 

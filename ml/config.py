@@ -15,13 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ml.errors import FtmlError
+
 FeatureGroup = Literal["returns", "trend", "momentum", "volatility", "volume", "calendar", "higher_tf"]
 ModelFamily = Literal["xgboost", "lightgbm", "hist_gb", "logistic"]
 ALL_GROUPS: tuple[str, ...] = FeatureGroup.__args__  # type: ignore[attr-defined]
 ALL_FAMILIES: tuple[str, ...] = ModelFamily.__args__  # type: ignore[attr-defined]
 
 
-class ConfigError(ValueError):
+class ConfigError(FtmlError, ValueError):
     """A user-fixable problem with config.json; the message is one line."""
 
 

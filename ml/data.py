@@ -19,6 +19,8 @@ from freqtrade.data.history.datahandlers.idatahandler import get_datahandler
 from freqtrade.enums import CandleType, TradingMode
 from freqtrade.exchange import timeframe_to_seconds
 
+from ml.errors import FtmlError
+
 OHLCV = ["date", "open", "high", "low", "close", "volume"]
 # Row-level defects, in the order the report lists them.
 ROW_CHECKS = (
@@ -32,7 +34,7 @@ ROW_CHECKS = (
 EXAMPLES_KEPT = 5
 
 
-class DataError(ValueError):
+class DataError(FtmlError, ValueError):
     """Missing or unusable data; the message says what to do."""
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ml.config import MLConfig
 from ml.data import DataError, load_candles
+from ml.errors import FtmlError
 from ml.features import FeatureEngineer
 from ml.labels import barrier_fractions, triple_barrier
 from ml.signals import SIGNAL_STARTUP_CANDLES, get_signal
@@ -24,7 +25,7 @@ from ml.signals import SIGNAL_STARTUP_CANDLES, get_signal
 logger = logging.getLogger(__name__)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(FtmlError, ValueError):
     """Not enough honest data to train; the message says how much there is and what to do."""
 
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ml.errors import FtmlError
 
-class SplitError(ValueError):
+
+class SplitError(FtmlError, ValueError):
     """Too little data to split honestly; the message has every number."""
 
 

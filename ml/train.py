@@ -147,11 +147,11 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "metrics": _headline(report),
         "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
     }
-    files = save_bundle(out, model, calibrator, manifest, report)
-
-    # ---- tracking (never fails the run)
+    # ---- tracking (never fails the run); started first so the bundle records its link
     tracker = tracking.start(cfg.tracking, _tracking_config(cfg, req, data, manifest), name=out.name,
                              mode=req.tracking_mode)
+    manifest["tracking"] = tracker.link
+    files = save_bundle(out, model, calibrator, manifest, report)
     tracker.log_trials(_trial_rows(study))
     tracker.log_metrics(report)
     tracker.log_images(images)

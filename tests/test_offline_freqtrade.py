@@ -35,14 +35,14 @@ def backtest(root, export, *extra):
 
 def test_backtesting_offline_exports_trades_for_the_asked_pair_and_timerange(market):
     export = market / "bt_one"
-    done = backtest(market, export, "--timerange", "20240201-20240315", "--pairs", "ETH/BTC")
+    done = backtest(market, export, "--timerange", "20240215-20240415", "--pairs", "ETH/BTC")
     assert done.returncode == 0, done.stderr[-3000:]
     stats = load_backtest_stats(export)["strategy"]["TrendPullback"]
     assert stats["total_trades"] > 0
     assert {t["pair"] for t in stats["trades"]} == {"ETH/BTC"}
-    assert stats["backtest_start"].startswith("2024-02-01")
-    assert stats["backtest_end"].startswith("2024-03-1")  # the last candle before 2024-03-15 closes
-    assert max(t["open_date"] for t in stats["trades"]) < "2024-03-15"
+    assert stats["backtest_start"].startswith("2024-02-15")
+    assert stats["backtest_end"].startswith("2024-04-1")  # the last candle before 2024-04-15 closes
+    assert max(t["open_date"] for t in stats["trades"]) < "2024-04-15"
     log = done.stdout + done.stderr
     assert log.count("no market cache") == 1  # said once, not per call
 
@@ -60,7 +60,7 @@ def test_cached_exchange_markets_are_used_when_present(market, tmp_path):
     markets_dir.mkdir(parents=True)
     (markets_dir / "binance.json").write_text(json.dumps(cached))
     export = root / "bt_cache"
-    done = backtest(root, export, "--timerange", "20240201-20240315")
+    done = backtest(root, export, "--timerange", "20240215-20240415")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "markets from the cache" in done.stdout + done.stderr
     trades = load_backtest_stats(export)["strategy"]["TrendPullback"]["trades"]
@@ -112,7 +112,7 @@ def analysis_row(output: str, strategy_file: str) -> list[str]:
 
 def test_lookahead_and_recursive_analysis_offline(market):
     done = run_ftml("freqtrade", "--offline", "lookahead-analysis", "-c", "config.json",
-                    "--strategy", "TrendPullback", "--timerange", "20240120-20240501",
+                    "--strategy", "TrendPullback", "--timerange", "20240210-20240501",
                     "--minimum-trade-amount", "10", "--targeted-trade-amount", "10", cwd=market)
     assert done.returncode == 0, done.stderr[-3000:]
     cells = analysis_row(done.stdout, "TrendPullback.py")

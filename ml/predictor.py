@@ -1,0 +1,128 @@
+"""Load the production model for a strategy: verified, matched to the running features.
+
+``ProductionModel.load(store, name, engineer)`` refuses, with a message naming the file or
+the difference, when: there is no production version, any file's sha256 differs from the
+registry, a path leaves the store, or the model's feature set differs from the
+FeatureEngineer the strategy runs. ``changed()`` is a cheap stat() of registry.json for
+hot reload; nothing is hashed until a reload is actually needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.bundle import Bundle, load_bundle
+from ml.features import FeatureEngineer
+from ml.registry import IntegrityError, Registry, RegistryError, open_registry
+
+
+class FeatureMismatch(RegistryError):
+    """The model was trained on other features than the strategy computes."""
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def describe_mismatch(entry: dict[str, Any], engineer: FeatureEngineer) -> str:
+    """What differs between a registry entry's feature set and the running engineer's."""
+    trained, running = entry.get("feature_names") or [], engineer.feature_names
+    parts = []
+    if entry.get("timeframe") != engineer.timeframe:
+        parts.append(f"timeframe {entry.get('timeframe')} vs {engineer.timeframe}")
+    missing = [n for n in trained if n not in running]
+    extra = [n for n in running if n not in trained]
+    if missing:
+        parts.append(f"the strategy lacks {len(missing)} trained features ({', '.join(missing[:5])}"
+                     f"{', ...' if len(missing) > 5 else ''})")
+    if extra:
+        parts.append(f"the strategy adds {len(extra)} ({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''})")
+    settings = entry.get("features") or {}
+    for key in ("groups", "periods", "higher_timeframes"):
+        if key in settings and sorted(map(str, settings[key])) != sorted(map(str, getattr(engineer.settings, key))):
+            parts.append(f"features.{key} {settings[key]} vs {getattr(engineer.settings, key)}")
+    if not parts:
+        parts.append("same names and settings, different feature code version: retrain the model")
+    return "; ".join(parts)
+
+
+@dataclass
+class ProductionModel:
+    name: str
+    version: int
+    entry: dict[str, Any]
+    bundle: Bundle
+    registry: Registry
+    stat_key: tuple[int, int] | None
+
+    @classmethod
+    def load(cls, store: str | Path | Registry, name: str, engineer: FeatureEngineer | None = None) -> ProductionModel:
+        registry = open_registry(store)
+        stat_key = _stat_key(registry.index)
+        doc = registry.read()
+        entry = registry.production(name, doc) if name in doc["models"] else None
+        if entry is None:
+            raise RegistryError(f"No production model '{name}' in {registry.root}: run `ftml registry list`, "
+                                f"or `ftml train` then `ftml registry promote {name} <version>`.")
+        problems = registry.verify_version(entry)
+        if problems:
+            raise IntegrityError(f"Refusing {name} v{entry['id']}: " + "; ".join(problems))
+        if engineer is not None and entry.get("feature_set_id") != engineer.feature_set_id:
+            raise FeatureMismatch(
+                f"Refusing {name} v{entry['id']}: trained on feature set {entry.get('feature_set_id')}, the "
+                f"strategy computes {engineer.feature_set_id}: {describe_mismatch(entry, engineer)}"
+            )
+        bundle = load_bundle(registry.version_dir(entry))
+        if bundle.feature_set_id != entry.get("feature_set_id"):
+            raise IntegrityError(f"Refusing {name} v{entry['id']}: bundle.json and registry.json disagree "
+                                 "on the feature set")
+        return cls(name, int(entry["id"]), entry, bundle, registry, stat_key)
+
+    # ------------------------------------------------------------------ use
+    @property
+    def feature_names(self) -> list[str]:
+        return self.bundle.feature_names
+
+    @property
+    def label(self) -> dict[str, Any]:
+        """The barriers the model was trained on: take_profit, stop_loss, horizon, fee, ..."""
+        return dict(self.entry["label"])
+
+    @property
+    def train_end(self) -> pd.Timestamp:
+        return pd.Timestamp(self.entry["train_end"])
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(win) for every row of a frame that holds the feature columns.
+
+        NaN features are handled as in training (the model's own missing-value rule); rows
+        where every feature is NaN get NaN (no entry there), never a guess.
+        """
+        X = features[self.feature_names].to_numpy(dtype=np.float64)
+        p = np.full(len(X), np.nan)
+        ok = ~np.isnan(X).all(axis=1)
+        if ok.any():
+            p[ok] = self.bundle.predict_proba(X[ok])
+        return p
+
+    def changed(self) -> bool:
+        """True when registry.json was rewritten since this model was loaded (a stat, no hashing)."""
+        return _stat_key(self.registry.index) != self.stat_key
+
+    def production_moved(self) -> bool:
+        """After ``changed()``: is another version production now? (reads the small JSON only)."""
+        try:
+            current = self.registry.read()["models"].get(self.name, {}).get("production")
+        except RegistryError:
+            return False
+        return current != self.version

@@ -1,0 +1,423 @@
+"""The JSON-file model registry: lifecycle, validation gates, integrity, an event log.
+
+Store layout (``registry.path``, default ``registry/``):
+
+    registry.json          schema_version, models -> versions, production pointers, events
+    registry.json.lock     inter-process lock (filelock)
+    <name>/v<id>/...       one folder per version: the bundle's files, verbatim
+
+Every write takes the lock, re-reads the file, changes it, writes a temp file, fsyncs it
+and ``os.replace``s it over registry.json (then fsyncs the folder), so a reader never sees
+a half-written file and a crash at any point leaves the last committed state. Artifact
+files are copied into the version folder *before* the entry that names them is committed.
+
+Statuses: staged -> (validate) -> staged with passing gates | failed;
+staged -> (promote) -> production -> (promote another / rollback) -> archived.
+At most one production version per name. This module imports no numpy/pandas: a cron
+job or a bot reading the registry stays light.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from ml.errors import FtmlError
+
+SCHEMA_VERSION = 1
+INDEX = "registry.json"
+STATUSES = ("staged", "production", "archived", "failed")
+LOCK_TIMEOUT_S = 60.0
+
+
+class RegistryError(FtmlError):
+    """A registry operation that cannot be done; the message says why and what to do."""
+
+
+class IntegrityError(RegistryError):
+    """A file does not match its recorded sha256, or a path leaves the store."""
+
+
+# Schema migrations: MIGRATIONS[n] turns a schema-n document into schema n+1.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _origin() -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"host": socket.gethostname(), "user": user, "pid": os.getpid(),
+            "command": " ".join(sys.argv)[:300]}
+
+
+def _empty() -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "models": {}, "events": []}
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def migrate(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    version = doc.get("schema_version")
+    if not isinstance(version, int):
+        raise RegistryError(f"{source}: no integer schema_version; not a registry file")
+    if version > SCHEMA_VERSION:
+        raise RegistryError(f"{source}: schema_version {version} was written by a newer ftml "
+                            f"(this one reads up to {SCHEMA_VERSION}); upgrade ftml")
+    while version < SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise RegistryError(f"{source}: no migration from schema_version {version}")
+        doc = MIGRATIONS[version](doc)
+        version = doc["schema_version"]
+    return doc
+
+
+@dataclass
+class Registry:
+    """Operations on one store. Construct with :func:`open_registry`."""
+
+    root: Path
+    lock_timeout: float = LOCK_TIMEOUT_S
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX
+
+    def read(self) -> dict[str, Any]:
+        """The committed document (an empty registry if there is none yet)."""
+        try:
+            text = self.index.read_text()
+        except FileNotFoundError:
+            return _empty()
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RegistryError(f"{self.index} is not valid JSON ({err}); restore it from a backup") from None
+        return migrate(doc, str(self.index))
+
+    def model(self, name: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+        doc = doc or self.read()
+        if name not in doc["models"]:
+            known = ", ".join(sorted(doc["models"])) or "none yet"
+            raise RegistryError(f"No model named '{name}' in {self.root} (known: {known}). "
+                                f"Train one with `ftml train`.")
+        return doc["models"][name]
+
+    def version(self, name: str, version: int, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+        entry = self.model(name, doc)["versions"].get(str(version))
+        if entry is None:
+            raise RegistryError(f"Model '{name}' has no version {version}; see `ftml registry list`.")
+        return entry
+
+    def production(self, name: str, doc: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        model = self.model(name, doc)
+        pid = model.get("production")
+        return model["versions"][str(pid)] if pid is not None else None
+
+    def version_dir(self, entry: dict[str, Any]) -> Path:
+        """The version's folder, refused unless it resolves inside the store."""
+        return self.safe_path(entry["path"])
+
+    def safe_path(self, relative: str) -> Path:
+        """Resolve a stored relative path; refuse absolute paths, '..' and symlinks out."""
+        if not isinstance(relative, str) or not relative or os.path.isabs(relative) or "\\" in relative:
+            raise IntegrityError(f"Refusing artifact path {relative!r}: must be relative to {self.root}")
+        if any(part in ("..", "") for part in relative.split("/")):
+            raise IntegrityError(f"Refusing artifact path {relative!r}: '..' or empty parts")
+        root = self.root.resolve()
+        target = (root / relative)
+        resolved = target.resolve()
+        if not resolved.is_relative_to(root):
+            raise IntegrityError(f"Refusing artifact path {relative!r}: resolves to {resolved}, outside {root}")
+        # A symlink anywhere on the way could point elsewhere later: refuse them all.
+        probe = root
+        for part in relative.split("/"):
+            probe = probe / part
+            if probe.is_symlink():
+                raise IntegrityError(f"Refusing artifact path {relative!r}: {probe} is a symlink")
+        return resolved
+
+    def verify_version(self, entry: dict[str, Any]) -> list[str]:
+        """Problems with one version's files (empty when every sha256 matches)."""
+        problems = []
+        try:
+            folder = self.version_dir(entry)
+        except IntegrityError as err:
+            return [str(err)]
+        for rel, digest in sorted(entry.get("files", {}).items()):
+            try:
+                path = self.safe_path(f"{entry['path']}/{rel}")
+            except IntegrityError as err:
+                problems.append(str(err))
+                continue
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif sha256_file(path) != digest:
+                problems.append(f"{path}: sha256 mismatch (the file was changed after registration)")
+        if not folder.is_dir():
+            problems.append(f"{folder}: version folder missing")
+        return problems
+
+    # ------------------------------------------------------------------ writing
+    def _transaction(self, change: Callable[[dict[str, Any]], Any]) -> Any:
+        """Lock, re-read, change, write atomically. ``change`` mutates the doc in place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(self.index) + ".lock", timeout=self.lock_timeout):
+                doc = self.read()
+                result = change(doc)
+                tmp = self.root / f".{INDEX}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump(doc, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.index)
+                _fsync_dir(self.root)
+                return result
+        except Timeout:
+            raise RegistryError(f"Another process holds {self.index}.lock for over {self.lock_timeout:.0f} s; "
+                                "try again when it finishes") from None
+
+    @staticmethod
+    def _event(doc: dict[str, Any], action: str, name: str, version: int | None, reason: str = "",
+               **details: Any) -> None:
+        doc["events"].append({"seq": len(doc["events"]) + 1, "time": _now(), "action": action,
+                              "model": name, "version": version, "reason": reason, **_origin(), **details})
+
+    def register(self, bundle_dir: str | Path, name: str | None = None, notes: str = "",
+                 tags: list[str] | None = None, status: str = "staged", reason: str = "") -> dict[str, Any]:
+        """Copy a training bundle into the store as a new version (staged by default)."""
+        bundle_dir = Path(bundle_dir)
+        manifest = _read_manifest(bundle_dir)
+        name = name or manifest.get("model_name")
+        if not name:
+            raise RegistryError(f"{bundle_dir}: no model name; pass one")
+        if status not in ("staged", "failed"):
+            raise RegistryError(f"A new version is staged or failed, not {status!r}")
+        sources = _bundle_files(bundle_dir)
+
+        def change(doc):
+            model = doc["models"].setdefault(name, {"next_id": 1, "production": None,
+                                                     "production_history": [], "versions": {}})
+            vid = model["next_id"]
+            model["next_id"] = vid + 1
+            rel = f"{name}/v{vid}"
+            target = self.root / rel
+            if target.exists():  # an orphan of a crashed register: never referenced, safe to replace
+                shutil.rmtree(target)
+            staging = self.root / name / f".v{vid}.{os.getpid()}.tmp"
+            if staging.exists():
+                shutil.rmtree(staging)
+            files = {}
+            for rel_file, src in sources.items():
+                dst = staging / rel_file
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                files[rel_file] = sha256_file(dst)
+            os.replace(staging, target)
+            _fsync_dir(target.parent)
+            entry = {
+                "id": vid, "name": name, "status": status, "created": _now(), "path": rel, "files": files,
+                "family": manifest.get("family"), "feature_set_id": manifest.get("feature_set_id"),
+                "feature_names": manifest.get("feature_names", []), "features": manifest.get("features"),
+                "timeframe": manifest.get("timeframe"), "label": manifest.get("label"),
+                "signal": manifest.get("signal"), "pairs": manifest.get("pairs", []),
+                "ranges": manifest.get("ranges", {}), "train_end": manifest.get("train_end"),
+                "metrics": manifest.get("metrics", {}), "backtest": None, "gates": None,
+                "tracking": manifest.get("tracking"), "tags": list(tags or []), "notes": notes,
+                "source": str(bundle_dir.resolve()),
+            }
+            model["versions"][str(vid)] = entry
+            self._event(doc, "register", name, vid, reason or notes, status=status)
+            return entry
+
+        return self._transaction(change)
+
+    def validate(self, name: str, version: int, gates, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run the gates on a version's stored metrics; store the result. Fail -> status failed."""
+
+        def change(doc):
+            entry = self.version(name, version, doc)
+            if entry["status"] not in ("staged", "failed"):
+                raise RegistryError(f"{name} v{version} is {entry['status']}; only staged versions are validated")
+            if backtest is not None:
+                entry["backtest"] = backtest
+            result = run_gates(entry["metrics"], gates, entry.get("backtest"))
+            entry["gates"] = result
+            entry["status"] = "staged" if result["passed"] else "failed"
+            failed = [c["name"] for c in result["checks"] if not c["passed"]]
+            self._event(doc, "validate", name, version, "passed" if result["passed"] else f"failed: {', '.join(failed)}")
+            return result
+
+        return self._transaction(change)
+
+    def promote(self, name: str, version: int, force: bool = False, reason: str = "") -> dict[str, Any]:
+        """Make a validated version production; the previous one is archived."""
+        if force and not reason:
+            raise RegistryError("--force needs --reason: say why an unvalidated model goes live")
+
+        def change(doc):
+            model = self.model(name, doc)
+            entry = self.version(name, version, doc)
+            if entry["status"] == "production":
+                raise RegistryError(f"{name} v{version} is already production")
+            passed = bool(entry.get("gates") and entry["gates"].get("passed"))
+            if not passed and not force:
+                state = "has not been validated" if not entry.get("gates") else "failed its gates"
+                raise RegistryError(f"{name} v{version} {state}; run `ftml registry validate {name} {version}`, "
+                                    "or promote with --force --reason")
+            previous = model.get("production")
+            if previous is not None:
+                model["versions"][str(previous)]["status"] = "archived"
+                model["production_history"].append(previous)
+            entry["status"] = "production"
+            model["production"] = version
+            self._event(doc, "promote", name, version, reason, previous=previous, forced=force and not passed)
+            return entry
+
+        return self._transaction(change)
+
+    def rollback(self, name: str, reason: str = "") -> dict[str, Any]:
+        """Restore the previous production version; the current one is archived."""
+
+        def change(doc):
+            model = self.model(name, doc)
+            history = model.get("production_history", [])
+            while history and str(history[-1]) not in model["versions"]:
+                history.pop()  # deleted since: skip it
+            if not history:
+                raise RegistryError(f"{name} has no previous production version to roll back to")
+            current, back = model.get("production"), history.pop()
+            if current is not None:
+                model["versions"][str(current)]["status"] = "archived"
+            model["versions"][str(back)]["status"] = "production"
+            model["production"] = back
+            self._event(doc, "rollback", name, back, reason, previous=current)
+            return model["versions"][str(back)]
+
+        return self._transaction(change)
+
+    def archive(self, name: str, version: int, reason: str = "") -> dict[str, Any]:
+        def change(doc):
+            entry = self.version(name, version, doc)
+            if entry["status"] == "production":
+                raise RegistryError(f"{name} v{version} is production: promote another version or roll back first")
+            entry["status"] = "archived"
+            self._event(doc, "archive", name, version, reason)
+            return entry
+
+        return self._transaction(change)
+
+    def delete(self, name: str, version: int, reason: str = "") -> None:
+        """Remove a non-production version and its files. Ids are never reused."""
+
+        def change(doc):
+            entry = self.version(name, version, doc)
+            if entry["status"] == "production":
+                raise RegistryError(f"{name} v{version} is production and cannot be deleted")
+            folder = self.version_dir(entry)
+            del self.model(name, doc)["versions"][str(version)]
+            self._event(doc, "delete", name, version, reason)
+            return folder
+
+        folder = self._transaction(change)
+        # Files go after the commit: a crash in between leaves an unreferenced folder, not a
+        # referenced version without files.
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def set_backtest(self, name: str, version: int, backtest: dict[str, Any]) -> None:
+        def change(doc):
+            self.version(name, version, doc)["backtest"] = backtest
+            self._event(doc, "backtest", name, version, "backtest figures recorded")
+
+        self._transaction(change)
+
+    def history(self, name: str | None = None) -> list[dict[str, Any]]:
+        events = self.read()["events"]
+        return [e for e in events if name is None or e["model"] == name]
+
+
+def run_gates(metrics: dict[str, Any], gates, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compare stored test metrics with the configured thresholds."""
+
+    def check(name, value, threshold, ok):
+        return {"name": name, "value": value, "threshold": threshold, "passed": bool(ok)}
+
+    def num(key):
+        value = metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    checks = [
+        check("min_auc", num("auc"), gates.min_auc, num("auc") >= gates.min_auc),
+        check("max_ece", num("ece"), gates.max_ece, num("ece") <= gates.max_ece),
+        check("min_brier_skill", num("brier_skill"), gates.min_brier_skill, num("brier_skill") >= gates.min_brier_skill),
+        check("min_trades", num("ev_gate_trades"), gates.min_trades, num("ev_gate_trades") >= gates.min_trades),
+        # With no gated trades the mean return is undefined: it passes only if zero trades are allowed.
+        check("min_ev_return", num("ev_gate_mean_return"), gates.min_ev_return,
+              num("ev_gate_mean_return") > gates.min_ev_return
+              or (num("ev_gate_trades") == 0 and gates.min_trades == 0)),
+    ]
+    # The backtest gate (filled by retrain): present only when a backtest was recorded.
+    if backtest is not None and "passed" in backtest:
+        checks.append(check("backtest", backtest.get("summary"), "beats champion", backtest["passed"]))
+    return {"passed": all(c["passed"] for c in checks), "checks": checks, "time": _now()}
+
+
+def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = bundle_dir / "bundle.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"{path} is missing: {bundle_dir} is not a training bundle") from None
+    except json.JSONDecodeError as err:
+        raise RegistryError(f"{path} is not valid JSON: {err}") from None
+
+
+def _bundle_files(bundle_dir: Path) -> dict[str, Path]:
+    """The files a bundle names (manifest, model, calibrator, metrics, plots); nothing else."""
+    manifest = _read_manifest(bundle_dir)
+    names = ["bundle.json", *manifest.get("model_files", []), manifest.get("calibrator_file", "calibrator.json"),
+             manifest.get("metrics_file", "metrics.json"), *manifest.get("plots", {}).values()]
+    files = {}
+    for rel in names:
+        src = bundle_dir / rel
+        if src.is_symlink() or not src.is_file():
+            raise RegistryError(f"{src}: missing or not a regular file")
+        files[rel] = src
+    return files
+
+
+def open_registry(store: str | Path | Registry) -> Registry:
+    """A string or path means a store folder; a Registry is used as it is."""
+    return store if isinstance(store, Registry) else Registry(Path(store))
