@@ -119,10 +119,13 @@ class ProductionModel:
         """True when registry.json was rewritten since this model was loaded (a stat, no hashing)."""
         return _stat_key(self.registry.index) != self.stat_key
 
-    def production_moved(self) -> bool:
-        """After ``changed()``: is another version production now? (reads the small JSON only)."""
+    def production_id(self) -> int | None:
+        """The production version id now in the registry (reads the small JSON only)."""
         try:
-            current = self.registry.read()["models"].get(self.name, {}).get("production")
+            return self.registry.read()["models"].get(self.name, {}).get("production")
         except RegistryError:
-            return False
-        return current != self.version
+            return self.version  # unreadable right now: assume unchanged, check again next candle
+
+    def production_moved(self) -> bool:
+        """After ``changed()``: is another version (or none) production now?"""
+        return self.production_id() != self.version

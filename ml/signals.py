@@ -9,9 +9,11 @@ the very same rule.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import pandas as pd
 import talib
+from freqtrade.exchange import timeframe_to_seconds
 
 SignalFn = Callable[[pd.DataFrame], pd.Series]
 
@@ -47,3 +49,8 @@ def get_signal(name: str) -> SignalFn:
         return SIGNALS[name]
     except KeyError:
         raise KeyError(f"Unknown signal '{name}'. Choose one of: {', '.join(SIGNALS)}") from None
+
+
+def time_exit_due(open_date: datetime, now: datetime, horizon: int, timeframe: str) -> bool:
+    """True once a trade has been open for ``horizon`` candles (the label's time exit)."""
+    return (now - open_date).total_seconds() >= horizon * timeframe_to_seconds(timeframe)

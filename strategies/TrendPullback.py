@@ -1,17 +1,16 @@
-"""Plain trend-pullback strategy, no ML: the un-gated twin of the ML-gated version.
+"""Plain trend-pullback strategy, no ML: the un-gated twin of TrendPullbackML.
 
 Entry: EMA50 above EMA200 and an RSI dip (``ml.signals.trend_pullback``).
-Exits: take-profit via ROI, stop-loss, and a time exit after ``horizon`` candles, the
+Exits: take-profit via ROI, stop-loss, and a time exit after ``horizon_candles``, the
 same barriers the ML label uses by default (``"ml" -> "label"`` in config.json).
 """
 
 from datetime import datetime
 
-from freqtrade.exchange import timeframe_to_minutes
 from freqtrade.strategy import IStrategy
 from pandas import DataFrame
 
-from ml.signals import SIGNAL_STARTUP_CANDLES, trend_pullback
+from ml.signals import SIGNAL_STARTUP_CANDLES, time_exit_due, trend_pullback
 
 
 class TrendPullback(IStrategy):
@@ -20,13 +19,14 @@ class TrendPullback(IStrategy):
     can_short = False
     minimal_roi = {"0": 0.03}
     stoploss = -0.03
+    use_exit_signal = True  # custom_exit (the time exit) only runs with exit signals on
     process_only_new_candles = True
     startup_candle_count = SIGNAL_STARTUP_CANDLES
-    # Candles after which an open trade is closed at market (the label's horizon).
-    horizon_candles = 24
+    horizon_candles = 24  # candles after which an open trade is closed (the label's horizon)
+    base_signal = staticmethod(trend_pullback)
 
     def populate_indicators(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
-        dataframe["base_signal"] = trend_pullback(dataframe)
+        dataframe["base_signal"] = self.base_signal(dataframe)
         return dataframe
 
     def populate_entry_trend(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
@@ -38,7 +38,6 @@ class TrendPullback(IStrategy):
 
     def custom_exit(self, pair: str, trade, current_time: datetime, current_rate: float,
                     current_profit: float, **kwargs):
-        held_minutes = (current_time - trade.open_date_utc).total_seconds() / 60
-        if held_minutes >= self.horizon_candles * timeframe_to_minutes(self.timeframe):
+        if time_exit_due(trade.open_date_utc, current_time, self.horizon_candles, self.timeframe):
             return "time_exit"
         return None

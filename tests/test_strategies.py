@@ -1,0 +1,245 @@
+"""ML-gated strategies through real freqtrade (offline runner) and freqtrade's live-loop API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from freqtrade.configuration import Configuration
+from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
+from freqtrade.data.history import load_pair_history
+from freqtrade.enums import RunMode
+from freqtrade.resolvers import StrategyResolver
+
+from ml.registry import open_registry
+from tests.conftest import REPO, run_ftml, write_config
+
+pytestmark = pytest.mark.slow
+PAIRS = [f"P{i}/BTC" for i in range(8)]
+TRAIN_RANGE = "20240101-20250501"
+LATER = "20250601-20251001"  # after every candle the model saw
+
+
+def make_project(root: Path, market: str, seed: int, ml: dict | None = None) -> Path:
+    ml_section = {"tracking": {"mode": "disabled"},
+                  "training": {"signal": None, "trials": 6, "families": ["lightgbm", "logistic"]},
+                  "registry": {"path": str(root / "registry")}} | (ml or {})
+    write_config(root / "config.json", ml=ml_section, max_open_trades=50,
+                 exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS})
+    done = run_ftml("data", "synth", "-c", "config.json", "--candles", "16000", "--market", market,
+                    "--seed", str(seed), cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def ftml_ok(root: Path, *args: str):
+    done = run_ftml(*args, cwd=root)
+    assert done.returncode == 0, (args, done.stderr[-3000:])
+    return done
+
+
+def backtest(root: Path, export: str, *args: str, strategies=("TrendPullbackML", "TrendPullback")):
+    (root / export).mkdir(exist_ok=True)
+    done = run_ftml("freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy-list", *strategies,
+                    "--export", "trades", "--backtest-directory", export, *args, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_backtest_stats(root / export)["strategy"], done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    """Planted market; a model trained on 2024-01 .. 2025-05, validated, promoted, and the same
+    bundle registered for the mean-reversion strategy too (trained on all candles, it serves both)."""
+    root = make_project(tmp_path_factory.mktemp("planted"), "planted", 4)
+    trained = json.loads(ftml_ok(root, "train", "-c", "config.json", "--timerange", TRAIN_RANGE).stdout.splitlines()[-1])
+    ftml_ok(root, "registry", "validate", "trend_pullback", "1", "-c", "config.json")
+    ftml_ok(root, "registry", "promote", "trend_pullback", "1", "-c", "config.json")
+    reg = open_registry(root / "registry")
+    reg.register(trained["bundle"], "mean_reversion")
+    reg.validate("mean_reversion", 1, __import__("ml.config", fromlist=["GateSettings"]).GateSettings())
+    reg.promote("mean_reversion", 1)
+    return root
+
+
+def load_strategy(root: Path, name: str, runmode=RunMode.BACKTEST, **ml_overrides):
+    config = Configuration.from_files([str(root / "config.json")])
+    config["strategy"] = name
+    config["runmode"] = runmode
+    for key, value in ml_overrides.items():
+        config["ml"][key] = {**config["ml"].get(key, {}), **value}
+    strategy = StrategyResolver.load_strategy(config)
+    strategy.ft_bot_start()
+    return strategy
+
+
+def test_gated_beats_its_twin_after_the_training_period(planted):
+    stats, log = backtest(planted, "bt_planted", "--timerange", LATER)
+    gated, twin = stats["TrendPullbackML"], stats["TrendPullback"]
+    assert 0 < gated["total_trades"] < twin["total_trades"]
+    mean = {k: np.mean([t["profit_ratio"] for t in s["trades"]]) for k, s in (("gated", gated), ("twin", twin))}
+    assert mean["gated"] > mean["twin"]
+    # Every gated entry had ml_ev > ev_margin on its signal candle (recomputed independently).
+    strategy = load_strategy(planted, "TrendPullbackML")
+    margin = strategy.ev_margin.value
+    by_pair = {}
+    for trade in gated["trades"]:
+        pair = trade["pair"]
+        if pair not in by_pair:
+            candles = load_pair_history(pair, "1h", planted / "user_data" / "data" / "binance")
+            by_pair[pair] = strategy.advise_indicators(candles, {"pair": pair}).set_index("date")
+        signal_candle = pd.Timestamp(trade["open_date"]) - pd.Timedelta("1h")
+        row = by_pair[pair].loc[signal_candle]
+        assert row["base_signal"] and row["ml_ev"] > margin, (pair, signal_candle, row["ml_ev"])
+    assert "In-sample guard" not in log  # the whole range is after training
+
+
+def test_in_sample_guard_blocks_training_candles_and_says_so(planted):
+    stats, log = backtest(planted, "bt_insample", "--timerange", "20241201-20250801",
+                          strategies=("TrendPullbackML",))
+    manifest = open_registry(planted / "registry").production("trend_pullback")
+    limit = pd.Timestamp(manifest["train_end"]) + pd.Timedelta("1h") * 12
+    opens = [pd.Timestamp(t["open_date"]) for t in stats["TrendPullbackML"]["trades"]]
+    assert opens and min(opens) > limit
+    assert "In-sample guard:" in log and "no entries there" in log
+
+
+def test_lookahead_and_recursive_analysis_of_gated_strategies(planted):
+    for name in ("TrendPullbackML", "MeanReversionML"):
+        done = run_ftml("freqtrade", "--offline", "lookahead-analysis", "-c", "config.json", "--strategy", name,
+                        "--timerange", "20250601-20250901", "--minimum-trade-amount", "10",
+                        "--targeted-trade-amount", "20", cwd=planted)
+        assert done.returncode == 0, done.stderr[-3000:]
+        row = next(ln for ln in done.stdout.splitlines() if f"{name}.py │" in ln)
+        cells = [c.strip() for c in row.split("│")[1:-1]]
+        assert cells[2] == "No" and cells[4] == "0" and cells[5] == "0" and cells[6] == "", cells
+        done = run_ftml("freqtrade", "--offline", "recursive-analysis", "-c", "config.json", "--strategy", name,
+                        "--timerange", "20250601-20250701", "--pairs", "P0/BTC", cwd=planted)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "No lookahead bias on indicators found" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("breakage", ["no_model", "corrupt", "feature_mismatch"])
+def test_fails_closed_with_one_log_line(planted, tmp_path, breakage):
+    root = tmp_path
+    shutil.copy(planted / "config.json", root / "config.json")
+    cfg = json.loads((root / "config.json").read_text())
+    (root / "user_data").symlink_to(planted / "user_data", target_is_directory=True)
+    if breakage == "no_model":
+        cfg["ml"]["registry"]["path"] = str(root / "empty_registry")
+        expected = "No production model 'trend_pullback'"
+    else:
+        shutil.copytree(planted / "registry", root / "registry")
+        cfg["ml"]["registry"]["path"] = str(root / "registry")
+        if breakage == "corrupt":
+            entry = open_registry(root / "registry").production("trend_pullback")
+            model = next((root / "registry" / entry["path"]).glob("model.*"))
+            data = bytearray(model.read_bytes())
+            data[-10] ^= 0xFF
+            model.write_bytes(bytes(data))
+            expected = "sha256 mismatch"
+        else:
+            cfg["ml"]["features"] = {"periods": [6, 14, 30]}
+            expected = "features.periods"
+    (root / "config.json").write_text(json.dumps(cfg))
+    (root / "bt").mkdir()
+    done = run_ftml("freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy", "TrendPullbackML",
+                    "--timerange", LATER, "--export", "trades", "--backtest-directory", "bt", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_backtest_stats(root / "bt")["strategy"]["TrendPullbackML"]["total_trades"] == 0
+    log = done.stdout + done.stderr
+    closed = [ln for ln in log.splitlines() if "ML gate closed" in ln]
+    assert len(closed) == 1 and expected in closed[0], closed
+
+
+def test_hyperopt_tunes_ev_margin_offline(planted):
+    done = run_ftml("freqtrade", "--offline", "hyperopt", "-c", "config.json", "--strategy", "TrendPullbackML",
+                    "--hyperopt-loss", "SharpeHyperOptLoss", "--spaces", "buy", "--epochs", "5", "-j", "1",
+                    "--timerange", "20250601-20250801", "--disable-param-export", cwd=planted)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "5 epochs saved" in log and "ev_margin" in log
+
+
+# ---------------------------------------------------------------- live loop, in-process
+def live_frames(root: Path, pair: str, end: str, candles: int = 1200) -> pd.DataFrame:
+    full = load_pair_history(pair, "1h", root / "user_data" / "data" / "binance")
+    return full[full["date"] <= pd.Timestamp(end, tz="UTC")].tail(candles).reset_index(drop=True)
+
+
+def test_hot_reload_switches_model_on_the_next_candle(planted, tmp_path):
+    store = tmp_path / "registry"
+    shutil.copytree(planted / "registry", store)
+    strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
+    first = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
+    p_old = first["ml_proba"].iloc[-1]
+    assert 0 < p_old < 1 and strategy.model.version == 1
+    # A new version whose calibrator says 0.9 everywhere: unmistakable on the next candle.
+    reg = open_registry(store)
+    entry = reg.production("trend_pullback")
+    new_bundle = tmp_path / "v2"
+    shutil.copytree(store / entry["path"], new_bundle)
+    (new_bundle / "calibrator.json").write_text(json.dumps({"method": "constant", "p": 0.9}))
+    reg.register(new_bundle, "trend_pullback")
+    reg.promote("trend_pullback", 2, force=True, reason="hot reload test")
+    same_candle = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
+    assert same_candle["ml_proba"].iloc[-1] == p_old  # at most one check per new candle
+    nxt = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 01:00"), {"pair": "P1/BTC"})
+    assert strategy.model.version == 2 and nxt["ml_proba"].iloc[-1] == pytest.approx(0.9)
+    # A broken newer version is refused and v2 kept.
+    broken = tmp_path / "v3"
+    shutil.copytree(new_bundle, broken)
+    reg.register(broken, "trend_pullback")
+    (store / "trend_pullback" / "v3" / "calibrator.json").write_text("{}")  # tampered after registration
+    reg.promote("trend_pullback", 3, force=True, reason="broken on purpose")
+    strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 02:00"), {"pair": "P1/BTC"})
+    assert strategy.model.version == 2
+
+
+def test_open_trade_keeps_its_exits_when_the_model_disappears(planted, tmp_path):
+    from freqtrade.persistence import Trade, init_db
+
+    store = tmp_path / "registry"
+    shutil.copytree(planted / "registry", store)
+    strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
+    frame = strategy.analyze_ticker(live_frames(planted, "P2/BTC", "2025-08-01"), {"pair": "P2/BTC"})
+    init_db("sqlite://")
+    open_date = frame["date"].iloc[-1].to_pydatetime() + timedelta(hours=1)
+    rate = float(frame["close"].iloc[-1])
+    trade = Trade(pair="P2/BTC", open_rate=rate, open_date=open_date, amount=1.0, stake_amount=rate,
+                  fee_open=0.001, fee_close=0.001, exchange="binance", is_open=True, leverage=1.0)
+    trade.adjust_stop_loss(rate, strategy.stoploss, initial=True)
+    # The model disappears: production archived away, then the files deleted.
+    reg = open_registry(store)
+    doc = json.loads(reg.index.read_text())
+    doc["models"]["trend_pullback"]["production"] = None
+    reg.index.write_text(json.dumps(doc))
+    later = strategy.analyze_ticker(live_frames(planted, "P2/BTC", "2025-08-01 01:00"), {"pair": "P2/BTC"})
+    assert strategy.model is None and not later["enter_long"].fillna(0).any()
+    when = open_date + timedelta(hours=2)
+    stop = strategy.should_exit(trade, rate * 0.96, when, enter=False, exit_=False, low=rate * 0.96, high=rate)
+    assert any(e.exit_type.name == "STOP_LOSS" for e in stop)
+    take = strategy.should_exit(trade, rate * 1.04, when, enter=False, exit_=False, low=rate, high=rate * 1.04)
+    assert any(e.exit_type.name == "ROI" for e in take)
+    timed = strategy.should_exit(trade, rate, open_date + timedelta(hours=24), enter=False, exit_=False,
+                                 low=rate, high=rate)
+    assert any(e.exit_reason == "time_exit" for e in timed)
+
+
+# ---------------------------------------------------------------- null market
+def test_null_market_is_not_promoted_and_forced_gate_trades_little(tmp_path):
+    root = make_project(tmp_path, "null", 4)
+    trained = json.loads(ftml_ok(root, "train", "-c", "config.json", "--timerange", TRAIN_RANGE).stdout.splitlines()[-1])
+    assert trained["verdict"] == "no edge"
+    validated = run_ftml("registry", "validate", "trend_pullback", "1", "-c", "config.json", cwd=root)
+    assert validated.returncode == 1
+    refused = run_ftml("registry", "promote", "trend_pullback", "1", "-c", "config.json", cwd=root)
+    assert refused.returncode == 2 and "failed its gates" in refused.stderr
+    ftml_ok(root, "registry", "promote", "trend_pullback", "1", "-c", "config.json", "--force",
+            "--reason", "null-market test")
+    stats, _ = backtest(root, "bt_null", "--timerange", LATER)
+    assert stats["TrendPullbackML"]["total_trades"] <= 0.1 * max(stats["TrendPullback"]["total_trades"], 1)
