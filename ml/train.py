@@ -23,7 +23,7 @@ from ml import calibration, plots, tracking
 from ml.bundle import save_bundle
 from ml.config import MLConfig
 from ml.dataset import Dataset, build_dataset
-from ml.features import FeatureEngineer
+from ml.features import FeatureEngineer, correlation_prune
 from ml.metrics import evaluate, trial_spread
 from ml.models import available_cores
 from ml.splits import PurgedWalkForward, chronological_split, purge_gap
@@ -83,8 +83,16 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     logger.info("Rows: %d train, %d calibration, %d test; %d folds; purge gap %s",
                 len(train_block), len(calib_block), len(test_block), len(folds), gap)
 
+    # ---- optional correlation pruning: decided on the training block, saved as the
+    # model's input list, never recomputed at inference
+    inputs = list(train_block.X.columns)
+    if cfg.features.correlation_pruning:
+        inputs = correlation_prune(train_block.X, cfg.features.correlation_pruning)
+        logger.info("Correlation pruning at |r| > %s keeps %d of %d features",
+                    cfg.features.correlation_pruning, len(inputs), train_block.X.shape[1])
+
     # ---- tuning on the training block only
-    X_train = train_block.X.to_numpy(dtype=np.float64)
+    X_train = train_block.X[inputs].to_numpy(dtype=np.float64)
     tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed)
     n_jobs = t.n_jobs or available_cores()
     study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress)
@@ -93,11 +101,11 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     # ---- refit the best trial on the whole training block, then freeze it
     model = fit_family(family, params, X_train, train_block.y, train_block.times,
                        np.arange(len(train_block)), n_jobs, t.seed)
-    p_calib_raw = model.predict_raw(calib_block.X.to_numpy(dtype=np.float64))
+    p_calib_raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
     calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
 
     # ---- one look at the test block
-    p_test_raw = model.predict_raw(test_block.X.to_numpy(dtype=np.float64))
+    p_test_raw = model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64))
     p_test = calibrator.transform(p_test_raw)
     horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
     report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, test_block.take_profit,
@@ -123,7 +131,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     images = {
         "reliability": plots.reliability_diagram(report["raw"]["reliability"], report["calibrated"]["reliability"],
                                                  report["calibrated"]["ece_noise_band_90"], out / PLOTS / "reliability.png"),
-        "feature_importance": plots.feature_importance(engineer.feature_names, model.importance(len(engineer.feature_names)),
+        "feature_importance": plots.feature_importance(inputs, model.importance(len(inputs)),
                                                        out / PLOTS / "feature_importance.png"),
         "optimisation_history": plots.optimisation_history([tr.value for tr in trials], [tr.state.name for tr in trials],
                                                            out / PLOTS / "optimisation_history.png"),
@@ -132,7 +140,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "model_name": cfg.model.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "feature_names": engineer.feature_names,
+        "feature_names": inputs,  # the model's inputs (after any pruning), in order
+        "engineer_feature_count": len(engineer.feature_names),
         "feature_set_id": data.feature_set_id,
         "features": cfg.features.model_dump(),
         "timeframe": req.timeframe,

@@ -243,3 +243,23 @@ def test_null_market_is_not_promoted_and_forced_gate_trades_little(tmp_path):
             "--reason", "null-market test")
     stats, _ = backtest(root, "bt_null", "--timerange", LATER)
     assert stats["TrendPullbackML"]["total_trades"] <= 0.1 * max(stats["TrendPullback"]["total_trades"], 1)
+
+
+def test_fallback_and_guard_off_are_explicit_and_reported(planted, tmp_path):
+    root = tmp_path
+    cfg = json.loads((planted / "config.json").read_text())
+    (root / "user_data").symlink_to(planted / "user_data", target_is_directory=True)
+    cfg["ml"]["registry"]["path"] = str(root / "empty_registry")
+    cfg["ml"]["gate"] = {"fallback_ungated": True}
+    (root / "config.json").write_text(json.dumps(cfg))
+    stats, log = backtest(root, "bt_fallback", "--timerange", LATER, strategies=("TrendPullbackML", "TrendPullback"))
+    assert stats["TrendPullbackML"]["total_trades"] == stats["TrendPullback"]["total_trades"] > 0
+    assert {t["enter_tag"] for t in stats["TrendPullbackML"]["trades"]} == {"ungated_fallback"}
+    assert "fallback_ungated is on" in log
+    cfg["ml"]["registry"]["path"] = str(planted / "registry")
+    cfg["ml"]["gate"] = {"in_sample_guard": False}
+    (root / "config.json").write_text(json.dumps(cfg))
+    stats, log = backtest(root, "bt_guard_off", "--timerange", "20241201-20250801", strategies=("TrendPullbackML",))
+    assert "IN-SAMPLE GUARD OFF" in log and "In-sample guard:" not in log
+    limit = pd.Timestamp(open_registry(planted / "registry").production("trend_pullback")["train_end"])
+    assert min(pd.Timestamp(t["open_date"]) for t in stats["TrendPullbackML"]["trades"]) <= limit

@@ -200,3 +200,17 @@ def test_too_little_data_is_refused_with_numbers(cli_project):
                     "--timerange", "20240101-20240201", cwd=cli_project)
     assert done.returncode == 2
     assert "labelled rows" in done.stderr and "min_samples" in done.stderr
+
+
+def test_correlation_pruning_is_decided_in_training_and_saved(tmp_path):
+    summary = run_training(tmp_path, "planted", 6, n_pairs=2, candles=4000, families=["logistic"], trials=1)
+    full = json.loads((Path(summary["bundle"]) / "bundle.json").read_text())["feature_names"]
+    write_market(tmp_path / "data", pairs(2), "1h", 4000, "planted", 6)
+    cfg = from_dict({"training": {**FAST, "families": ["logistic"], "trials": 1},
+                     "features": {"correlation_pruning": 0.9}, "tracking": {"mode": "disabled"}})
+    pruned = train(cfg, TrainRequest(tmp_path / "data", pairs(2), "1h", None, tmp_path / "pruned",
+                                     f"sqlite:///{tmp_path / 'p.db'}", "p"))
+    bundle = load_bundle(pruned["bundle"])
+    assert 10 < len(bundle.feature_names) < len(full)
+    assert bundle.feature_set_id == json.loads((Path(summary["bundle"]) / "bundle.json").read_text())["feature_set_id"]
+    assert set(bundle.feature_names) < set(full)  # a subset, chosen once, stored with the model
