@@ -1,61 +1,172 @@
-"""``ftml demo``: the end-to-end slice that exists so far, offline.
+"""``ftml demo``: the whole loop offline, in a few minutes, in its own folder.
 
-Uses real candles when the config's data directory has them for every pair; otherwise
-writes a synthetic *planted* market and says so. Then backtests the plain strategy through
-the offline freqtrade runner. Later issues extend this to train -> promote -> gated vs
-un-gated backtest.
+1. data: the config's candles when its data directory has every pair at its timeframe,
+   otherwise a synthetic *planted* market (said loudly);
+2. train with a small Optuna budget (``FTML_DEMO_TRIALS``, default 10), W&B offline into
+   ./wandb; the first 75% of the candles only;
+3. validate against the gates and promote (a model with no edge is *not* promoted);
+4. backtest the gated strategy and its un-gated twin on the last 25%, which the model
+   never saw, through the offline freqtrade runner;
+5. print where everything is and the numbers that matter.
+
+Everything the demo writes lives in ``user_data/demo/`` (config, registry, models,
+backtests, synthetic data), which each run replaces whole, so a second run starts clean.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 from rich.console import Console
+from rich.table import Table
 
 from ml.cli import freqtrade_settings
+from ml.config import read_json
 from ml.data import available_pairs
 from ml.synth import write_market
 
-DEMO_CANDLES = 8_000
-DEMO_SEED = 7
+DEMO_CANDLES = 12_000
+DEMO_SEED = 4
+GATED, TWIN = "TrendPullbackML", "TrendPullback"
 
 
-def ensure_data(config_path: str, console: Console) -> tuple[bool, dict]:
-    """Return (synthetic?, freqtrade settings), writing a planted market when data is missing."""
+def _ftml(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ml.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def _check(done: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, Any]]:
+    """Write user_data/demo/config.json; return it, whether data is synthetic, and settings."""
     ft = freqtrade_settings(config_path)
+    demo = (Path(ft["user_data_dir"]) / "demo").resolve()
+    shutil.rmtree(demo, ignore_errors=True)
+    demo.mkdir(parents=True)
+    cfg = read_json(config_path)
     have = set(available_pairs(ft["datadir"], ft["timeframe"], ft["data_format"]))
-    if set(ft["pairs"]) <= have:
-        console.print(f"Using real candles from {ft['datadir']} ({len(ft['pairs'])} pairs).")
-        return False, ft
-    console.print(
-        f"[yellow]No candles for {', '.join(sorted(set(ft['pairs']) - have))} in {ft['datadir']}: "
-        f"writing a SYNTHETIC planted market ({DEMO_CANDLES} x {ft['timeframe']} candles per pair). "
-        "Results below are on synthetic data.[/]"
-    )
-    write_market(ft["datadir"], ft["pairs"], ft["timeframe"], DEMO_CANDLES, "planted", DEMO_SEED)
-    return True, ft
+    synthetic = not set(ft["pairs"]) <= have or not ft["pairs"]
+    if synthetic:
+        datadir = demo / "data"
+        console.print(f"[bold yellow]No {ft['timeframe']} candles for every pair in {ft['datadir']}: using a SYNTHETIC "
+                      f"planted market ({DEMO_CANDLES} candles per pair). The numbers below are not a real market.[/]")
+        write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "planted", DEMO_SEED)
+    else:
+        datadir = Path(ft["datadir"]).resolve()
+        console.print(f"Using real candles from {datadir} ({len(ft['pairs'])} pairs, {ft['timeframe']}).")
+    strategies = Path(cfg.get("strategy_path", "strategies"))
+    cfg.update(user_data_dir=str(demo / "user_data"), datadir=str(datadir),
+               strategy_path=str(strategies if strategies.is_absolute() else (config_path.parent / strategies).resolve()),
+               max_open_trades=max(cfg.get("max_open_trades", 5), 3 * len(ft["pairs"])))
+    ml = cfg.setdefault("ml", {})
+    ml["registry"] = {**ml.get("registry", {}), "path": str(demo / "registry")}
+    ml["model"] = {**ml.get("model", {}), "name": "trend_pullback"}
+    trials = int(os.environ.get("FTML_DEMO_TRIALS", "10"))
+    ml["training"] = {**ml.get("training", {}), "signal": None, "trials": trials,
+                      "families": ["lightgbm", "logistic"]}
+    (demo / "user_data").mkdir()
+    (demo / "config.json").write_text(json.dumps(cfg, indent=1))
+    return demo, synthetic, ft
+
+
+def _ranges(datadir: Path, pair: str, timeframe: str) -> tuple[str, str]:
+    """Train on the first 75% of the candles, backtest on the rest."""
+    df = pd.read_feather(next(Path(datadir).glob(f"{pair.replace('/', '_')}-{timeframe}.feather")))
+    cut = df["date"].iloc[int(len(df) * 0.75)]
+    return f"-{cut:%Y%m%d}", f"{(cut + pd.Timedelta(days=1)):%Y%m%d}-"
 
 
 def run_demo(config_path: str) -> int:
     console = Console()
-    synthetic, ft = ensure_data(config_path, console)
-    export_dir = Path(ft["user_data_dir"]) / "backtest_results" / "demo"
-    export_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting",
-        "-c", config_path, "--strategy", "TrendPullback", "--export", "trades",
-        "--backtest-directory", str(export_dir),
-    ]
-    console.print("Backtesting the plain TrendPullback strategy offline: " + " ".join(cmd[2:]))
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        console.print(done.stdout[-3000:] + done.stderr[-3000:])
-        console.print("[red]Backtest failed.[/]")
-        return done.returncode
-    summary_lines = [ln for ln in done.stdout.splitlines() if "TrendPullback" in ln]
-    console.print("\n".join(summary_lines[-1:]))
-    console.print(json.dumps({"synthetic": synthetic, "backtest_results": str(export_dir)}))
+    config_path = Path(config_path).resolve()
+    demo, synthetic, ft = prepare(config_path, console)
+    cfg = json.loads((demo / "config.json").read_text())
+    train_range, test_range = _ranges(Path(cfg["datadir"]), ft["pairs"][0], ft["timeframe"])
+
+    console.print(f"[bold]1/3 Training[/] on {train_range} ({cfg['ml']['training']['trials']} Optuna trials) ...")
+    done = _check(_ftml(["train", "-c", str(demo / "config.json"), "--timerange", train_range,
+                         "--output", str(demo / "model")], cwd=Path.cwd()), "training")
+    trained = json.loads(done.stdout.strip().splitlines()[-1])
+    version = str(trained["registered"]["version"])
+
+    console.print("[bold]2/3 Validating[/] against the gates in config.json ...")
+    validated = _ftml(["registry", "validate", "trend_pullback", version, "-c", str(demo / "config.json"), "--json"],
+                      cwd=Path.cwd())
+    gates = json.loads(validated.stdout)
+    promoted = gates["passed"]
+    if promoted:
+        _check(_ftml(["registry", "promote", "trend_pullback", version, "-c", str(demo / "config.json")],
+                     cwd=Path.cwd()), "promotion")
+    else:
+        failed = [c["name"] for c in gates["checks"] if not c["passed"]]
+        console.print(f"[red]Not promoted: gates failed ({', '.join(failed)}). The gated strategy will not trade.[/]")
+
+    console.print(f"[bold]3/3 Backtesting[/] {GATED} vs {TWIN} on {test_range} (after the training data) ...")
+    export = demo / "backtest"
+    export.mkdir()
+    _check(_ftml(["freqtrade", "--offline", "backtesting", "-c", str(demo / "config.json"), "--strategy-list",
+                       GATED, TWIN, "--timerange", test_range, "--export", "trades", "--backtest-directory",
+                       str(export)], cwd=Path.cwd()), "backtest")
+    from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
+
+    stats = load_backtest_stats(export)["strategy"]
+    summary = _summary(trained, gates, promoted, stats, synthetic, demo)
+    _print_summary(console, summary)
+    print(json.dumps(summary, default=str))
     return 0
+
+
+def _per_trade(s: dict[str, Any]) -> float | None:
+    trades = s.get("trades", [])
+    return sum(t["profit_ratio"] for t in trades) / len(trades) if trades else None
+
+
+def _summary(trained, gates, promoted, stats, synthetic, demo) -> dict[str, Any]:
+    test = trained["test"]
+    return {
+        "synthetic": synthetic, "verdict": trained["verdict"], "promoted": promoted,
+        "production_version": trained["registered"]["version"] if promoted else None,
+        "bundle": trained["bundle"], "plots": str(Path(trained["bundle"]) / "plots"),
+        "registry": str(demo / "registry"), "wandb": trained.get("tracking"), "backtest": str(demo / "backtest"),
+        "calibration": {"auc": test["auc"], "ece": test["ece"], "ece_raw": test["ece_raw"],
+                        "ece_noise_band_90": test["ece_noise_band_90"], "mean_p": test["mean_p"],
+                        "base_rate": test["base_rate"], "brier_skill": test["brier_skill"]},
+        "gates_passed": gates["passed"],
+        "gated": {"trades": stats[GATED]["total_trades"], "profit_per_trade": _per_trade(stats[GATED])},
+        "ungated": {"trades": stats[TWIN]["total_trades"], "profit_per_trade": _per_trade(stats[TWIN])},
+    }
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:+.2f}%"
+
+    table = Table(title="Demo summary" + (" (SYNTHETIC planted market)" if s["synthetic"] else ""))
+    table.add_column("")
+    table.add_column("value")
+    c = s["calibration"]
+    rows = [
+        ("verdict on the untouched test block", s["verdict"]),
+        ("promoted to production", "yes" if s["promoted"] else "no"),
+        ("test AUC", f"{c['auc']:.3f}"),
+        ("ECE raw -> calibrated (noise band)",
+         f"{c['ece_raw']:.3f} -> {c['ece']:.3f} ({c['ece_noise_band_90'][0]:.3f}-{c['ece_noise_band_90'][1]:.3f})"),
+        ("mean p vs hit rate", f"{c['mean_p']:.3f} vs {c['base_rate']:.3f}"),
+        (f"{GATED}: trades, profit per trade", f"{s['gated']['trades']}, {pct(s['gated']['profit_per_trade'])}"),
+        (f"{TWIN}: trades, profit per trade", f"{s['ungated']['trades']}, {pct(s['ungated']['profit_per_trade'])}"),
+        ("model bundle", s["bundle"]), ("plots", s["plots"]), ("registry", s["registry"]),
+        ("W&B run (offline: `wandb sync` it)", str(s["wandb"])), ("backtest results", s["backtest"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
