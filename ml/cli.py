@@ -34,7 +34,9 @@ def freqtrade_settings(config_path: str | Path) -> dict[str, Any]:
     return {
         "timeframe": raw.get("timeframe", "1h"),
         "pairs": list(raw.get("exchange", {}).get("pair_whitelist", [])),
-        "datadir": Path(raw.get("datadir", user_data / "data" / exchange)),
+        # As freqtrade: <user_data_dir>/data/<exchange> (freqtrade ignores a "datadir" key in
+        # the file, so we do too; commands take --datadir instead).
+        "datadir": user_data / "data" / exchange,
         "data_format": raw.get("dataformat_ohlcv", "feather"),
         "user_data_dir": user_data,
         "exchange": exchange,

@@ -54,18 +54,19 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     shutil.rmtree(demo, ignore_errors=True)
     demo.mkdir(parents=True)
     cfg = read_json(config_path)
-    have = set(available_pairs(ft["datadir"], ft["timeframe"], ft["data_format"]))
-    synthetic = not set(ft["pairs"]) <= have or not ft["pairs"]
+    have = set(available_pairs(ft["datadir"], ft["timeframe"], ft["data_format"])) if ft["datadir"].is_dir() else set()
+    synthetic = not ft["pairs"] or not set(ft["pairs"]) <= have
+    datadir = demo / "user_data" / "data" / ft["exchange"]  # where freqtrade will look
     if synthetic:
-        datadir = demo / "data"
         console.print(f"[bold yellow]No {ft['timeframe']} candles for every pair in {ft['datadir']}: using a SYNTHETIC "
                       f"planted market ({DEMO_CANDLES} candles per pair). The numbers below are not a real market.[/]")
         write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "planted", DEMO_SEED)
     else:
-        datadir = Path(ft["datadir"]).resolve()
-        console.print(f"Using real candles from {datadir} ({len(ft['pairs'])} pairs, {ft['timeframe']}).")
+        datadir.parent.mkdir(parents=True)
+        datadir.symlink_to(Path(ft["datadir"]).resolve(), target_is_directory=True)
+        console.print(f"Using real candles from {ft['datadir']} ({len(ft['pairs'])} pairs, {ft['timeframe']}).")
     strategies = Path(cfg.get("strategy_path", "strategies"))
-    cfg.update(user_data_dir=str(demo / "user_data"), datadir=str(datadir),
+    cfg.update(user_data_dir=str(demo / "user_data"),
                strategy_path=str(strategies if strategies.is_absolute() else (config_path.parent / strategies).resolve()),
                max_open_trades=max(cfg.get("max_open_trades", 5), 3 * len(ft["pairs"])))
     ml = cfg.setdefault("ml", {})
@@ -74,7 +75,7 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     trials = int(os.environ.get("FTML_DEMO_TRIALS", "10"))
     ml["training"] = {**ml.get("training", {}), "signal": None, "trials": trials,
                       "families": ["lightgbm", "logistic"]}
-    (demo / "user_data").mkdir()
+    (demo / "user_data").mkdir(exist_ok=True)
     (demo / "config.json").write_text(json.dumps(cfg, indent=1))
     return demo, synthetic, ft
 
@@ -91,7 +92,8 @@ def run_demo(config_path: str) -> int:
     config_path = Path(config_path).resolve()
     demo, synthetic, ft = prepare(config_path, console)
     cfg = json.loads((demo / "config.json").read_text())
-    train_range, test_range = _ranges(Path(cfg["datadir"]), ft["pairs"][0], ft["timeframe"])
+    datadir = Path(cfg["user_data_dir"]) / "data" / ft["exchange"]
+    train_range, test_range = _ranges(datadir, ft["pairs"][0], ft["timeframe"])
 
     console.print(f"[bold]1/3 Training[/] on {train_range} ({cfg['ml']['training']['trials']} Optuna trials) ...")
     done = _check(_ftml(["train", "-c", str(demo / "config.json"), "--timerange", train_range,
