@@ -35,7 +35,7 @@ def run_one(module: str) -> dict:
 def render(results: list[dict]) -> str:
     first = next((r for r in results if "machine" in r), {})
     lines = [HEADER, f"Machine: {first.get('machine', '?')}. Date: {first.get('date', '?')}.", "",
-             "| benchmark | figure | value | reference | ratio | goal | met | peak RSS |",
+             "| benchmark | figure | value | reference | ratio | goal | met | peak RSS of the bench process |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for res in results:
         if "error" in res:

@@ -17,7 +17,7 @@ from typing import Any
 from ml import config as mlconfig
 from ml.errors import FtmlError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USER_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FAILURE = 0, 1  # user-fixable errors exit with FtmlError.exit_code (2)
 logger = logging.getLogger("ftml")
 
 
