@@ -161,6 +161,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- drift
+def cmd_drift(args: argparse.Namespace) -> int:
+    from ml.drift_check import print_drift, run_drift
+
+    cfg = mlconfig.load(args.config)
+    ft = freqtrade_settings(args.config)
+    report = run_drift(cfg, ft, args.model or cfg.model.name, args.window_days or cfg.retrain.window_days)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        print_drift(report)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from ml.demo import run_demo
@@ -261,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     from ml.cli_registry import add_parser as add_registry_parser
 
     add_registry_parser(sub)
+
+    drift = sub.add_parser(
+        "drift",
+        help="feature drift (PSI) and the production model's calibration on recent candles",
+        description="Compare the production model's training rows with the most recent window: the "
+        "population stability index of every feature (> 0.25 = major shift) and the model's calibration "
+        "there (ECE, mean p against the hit rate).",
+    )
+    drift.add_argument("-c", "--config", default="config.json")
+    drift.add_argument("--model", help="registry model name (default: ml.model.name)")
+    drift.add_argument("--window-days", type=int, help="recent window (default: ml.retrain.window_days)")
+    drift.add_argument("--json", action="store_true")
+    drift.set_defaults(func=cmd_drift)
 
     demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
     demo.add_argument("-c", "--config", default="config.json")

@@ -105,6 +105,11 @@ class TrackingSettings(_Section):
     dir: str = "."
 
 
+class RetrainSettings(_Section):
+    window_days: int = Field(30, ge=1, description="The recent window that drift and scoring look at.")
+    max_psi: float = Field(0.25, gt=0.0, description="Feature PSI above this counts as drift.")
+
+
 class MLConfig(_Section):
     """The whole ``"ml"`` section. Every key has a default that works."""
 
@@ -115,6 +120,7 @@ class MLConfig(_Section):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
