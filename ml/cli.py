@@ -175,6 +175,16 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- retrain
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ml.retrain import run_retrain
+
+    cfg = mlconfig.load(args.config)
+    summary = run_retrain(args.config, cfg, freqtrade_settings(args.config), args.dry_run, args.download)
+    print(json.dumps(summary, default=str))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from ml.demo import run_demo
@@ -288,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--window-days", type=int, help="recent window (default: ml.retrain.window_days)")
     drift.add_argument("--json", action="store_true")
     drift.set_defaults(func=cmd_drift)
+
+    rt = sub.add_parser(
+        "retrain",
+        help="cron job: train a challenger, score it against the champion on the same new window, "
+        "backtest both, promote only if it wins",
+        description="One unattended champion-vs-challenger round (see docs/OPERATIONS.md). Never two at once "
+        "(a second run exits 0 saying it is locked). Prints one JSON summary line; logs to "
+        "user_data/logs/retrain.log. Exit 0 for promoted, kept, skipped or locked; non-zero only for errors.",
+    )
+    rt.add_argument("-c", "--config", default="config.json")
+    rt.add_argument("--dry-run", action="store_true", help="train and score, but change nothing in the registry")
+    rt.add_argument("--download", action="store_true", help="run freqtrade download-data first (needs a network)")
+    rt.set_defaults(func=cmd_retrain)
 
     demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
     demo.add_argument("-c", "--config", default="config.json")

@@ -107,7 +107,14 @@ class TrackingSettings(_Section):
 
 class RetrainSettings(_Section):
     window_days: int = Field(30, ge=1, description="The recent window that drift and scoring look at.")
+    train_days: int = Field(365, ge=7, description="Candles before the window the challenger trains on.")
     max_psi: float = Field(0.25, gt=0.0, description="Feature PSI above this counts as drift.")
+    when: Literal["always", "drift_or_age"] = "always"
+    max_age_days: int = Field(30, ge=1, description="With when=drift_or_age: retrain a champion this old.")
+    min_window_days: int = Field(7, ge=1, description="Skip when less new data than this since the champion.")
+    min_logloss_gain: float = Field(0.0, ge=0.0, description="The challenger must beat the champion's window log loss by this.")
+    strategy: str = Field("TrendPullbackML", description="Gated strategy for the backtest gate.")
+    backtest: bool = True
 
 
 class MLConfig(_Section):

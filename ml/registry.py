@@ -216,7 +216,8 @@ class Registry:
                               "model": name, "version": version, "reason": reason, **_origin(), **details})
 
     def register(self, bundle_dir: str | Path, name: str | None = None, notes: str = "",
-                 tags: list[str] | None = None, status: str = "staged", reason: str = "") -> dict[str, Any]:
+                 tags: list[str] | None = None, status: str = "staged", reason: str = "",
+                 gates: dict[str, Any] | None = None) -> dict[str, Any]:
         """Copy a training bundle into the store as a new version (staged by default)."""
         bundle_dir = Path(bundle_dir)
         manifest = _read_manifest(bundle_dir)
@@ -254,7 +255,7 @@ class Registry:
                 "timeframe": manifest.get("timeframe"), "label": manifest.get("label"),
                 "signal": manifest.get("signal"), "pairs": manifest.get("pairs", []),
                 "ranges": manifest.get("ranges", {}), "train_end": manifest.get("train_end"),
-                "metrics": manifest.get("metrics", {}), "backtest": None, "gates": None,
+                "metrics": manifest.get("metrics", {}), "backtest": None, "gates": gates,
                 "tracking": manifest.get("tracking"), "tags": list(tags or []), "notes": notes,
                 "source": str(bundle_dir.resolve()),
             }

@@ -1,0 +1,310 @@
+"""``ftml retrain``: one unattended champion-vs-challenger round, safe to run from cron.
+
+1. Lock (``user_data/retrain.lock``, an OS lock released when a process dies): a second
+   run exits 0 at once saying another run holds it; a lock left by a killed run is
+   noticed (its pid is gone) and taken over.
+2. ``--download``: freqtrade download-data first; without a network it says so once and
+   goes on with the candles on disk.
+3. Window: the most recent ``retrain.window_days`` of candles, starting after the
+   champion's ``train_end`` + embargo, so neither model was trained or calibrated on it.
+4. Drift of the champion (``ml.drift``); with ``retrain.when = drift_or_age`` a stable,
+   young champion is kept without training (decision "skipped").
+5. Challenger: ``ml.train`` on the ``retrain.train_days`` before the window.
+6. Both models scored on the same window rows (log loss, Brier, ECE, EV gate), then a real
+   freqtrade backtest of the gated strategy with each model on that window (offline
+   runner), each from a throw-away registry where that model is production.
+7. Decision: promote only if the challenger passes every registry gate (including the
+   backtest gate) and beats the champion (window log loss by ``min_logloss_gain`` and
+   backtest profit). Otherwise it is registered as ``failed`` with the reasons. An empty
+   registry promotes a challenger that passes the gates.
+
+Output: one JSON line on stdout, a log file ``user_data/logs/retrain.log``, a W&B run.
+Exit 0 for promoted / kept / skipped / locked; non-zero only for errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock, Timeout
+
+from ml import tracking
+from ml.bundle import load_bundle
+from ml.config import MLConfig
+from ml.dataset import build_dataset
+from ml.metrics import evaluate
+from ml.registry import open_registry, run_gates
+from ml.train import TrainRequest, train
+
+logger = logging.getLogger("ftml.retrain")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ns(ts: pd.Timestamp) -> np.datetime64:
+    return pd.Timestamp(ts).tz_convert("UTC").tz_localize(None).to_datetime64()
+
+
+def _day(ts: pd.Timestamp) -> str:
+    return f"{ts:%Y%m%d}"
+
+
+class Retrain:
+    def __init__(self, config_path: Path, cfg: MLConfig, ft: dict[str, Any], dry_run: bool, download: bool):
+        self.config_path, self.cfg, self.ft = config_path, cfg, ft
+        self.dry_run, self.download = dry_run, download
+        self.user_data = Path(ft["user_data_dir"]).resolve()
+        self.registry = open_registry(cfg.registry.path)
+        self.name = cfg.model.name
+        self.started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ steps
+    def _timed(self, step: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[step] = round(time.perf_counter() - start, 1)
+
+    def fetch(self) -> None:
+        cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "download-data", "-c", str(self.config_path),
+               "--timeframes", self.ft["timeframe"]]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            ok = done.returncode == 0
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        except subprocess.TimeoutExpired:
+            ok, why = False, "timed out after 600 s"
+        if not ok:
+            note = f"download failed ({why[:200]}): continuing with the candles on disk"
+            logger.warning(note)
+            self.notes.append(note)
+
+    def data_end(self) -> pd.Timestamp:
+        ends = []
+        for pair in self.ft["pairs"]:
+            path = Path(self.ft["datadir"]) / f"{pair.replace('/', '_')}-{self.ft['timeframe']}.{self.ft['data_format']}"
+            if path.is_file():
+                ends.append(pd.read_feather(path, columns=["date"])["date"].max())
+        if not ends:
+            raise RuntimeError(f"No candles for {self.ft['pairs']} in {self.ft['datadir']}")
+        return pd.Timestamp(max(ends))
+
+    def window_rows(self, bundle_dir: Path, start: pd.Timestamp, end: pd.Timestamp):
+        data = build_dataset(self.cfg, Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"], None,
+                             self.cfg.training.signal, self.ft["data_format"])
+        keep = (data.times > _ns(start)) & (data.times <= _ns(end))
+        return data.take(np.flatnonzero(keep))
+
+    def score(self, bundle_dir: Path, rows) -> dict[str, Any]:
+        bundle = load_bundle(bundle_dir)
+        X = rows.X[bundle.feature_names].to_numpy(dtype=np.float64)
+        p_raw = bundle.predict_raw(X)
+        p = bundle.calibrator.transform(p_raw)
+        horizon = (pd.Timedelta(self.ft["timeframe"]) * self.cfg.label.horizon).as_unit("ns").to_timedelta64()
+        report = evaluate(rows.y, p_raw, p, rows.realised, rows.take_profit, rows.stop_loss, self.cfg.label.fee,
+                          self.cfg.gate.ev_margin, rows.times, horizon, min_trades=self.cfg.gate.min_trades)
+        return {"rows": report["rows"], "log_loss": report["log_loss"], "brier": report["brier"], "auc": report["auc"],
+                "ece": report["calibrated"]["ece"], "mean_p": report["mean_p"], "hit_rate": report["base_rate"],
+                "ev_gate_trades": report["ev_gate"]["gated"]["trades"],
+                "ev_gate_mean_return": report["ev_gate"]["gated"]["mean_return"]}
+
+    def backtest(self, bundle_dir: Path, start: pd.Timestamp, end: pd.Timestamp, label: str) -> dict[str, Any]:
+        """A real offline freqtrade backtest of the gated strategy with this model as production."""
+        with tempfile.TemporaryDirectory(prefix=f"retrain-{label}-") as tmp:
+            tmp = Path(tmp)
+            store = open_registry(tmp / "registry")
+            store.register(bundle_dir, self.name)
+            store.promote(self.name, 1, force=True, reason=f"retrain backtest of the {label}")
+            config = json.loads(self.config_path.read_text())
+            config.setdefault("ml", {})["registry"] = {"path": str(store.root)}
+            config["user_data_dir"] = str(self.user_data)
+            if not Path(config.get("strategy_path", "strategies")).is_absolute():
+                config["strategy_path"] = str((self.config_path.parent / config.get("strategy_path", "strategies")).resolve())
+            (tmp / "config.json").write_text(json.dumps(config))
+            export = tmp / "bt"
+            export.mkdir()
+            cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting", "-c", str(tmp / "config.json"),
+                   "--strategy", self.cfg.retrain.strategy, "--timerange", f"{_day(start)}-{_day(end + pd.Timedelta(days=1))}",
+                   "--export", "trades", "--backtest-directory", str(export), "--cache", "none"]
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if done.returncode != 0:
+                raise RuntimeError(f"backtest of the {label} failed: {done.stderr.strip()[-500:]}")
+            from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
+
+            stats = load_backtest_stats(export)["strategy"][self.cfg.retrain.strategy]
+        return {"trades": stats["total_trades"], "profit_total": stats["profit_total"],
+                "profit_factor": stats.get("profit_factor"), "max_drawdown": stats.get("max_relative_drawdown"),
+                "timerange": f"{start} -> {end}"}
+
+    # ------------------------------------------------------------------ the round
+    def run(self) -> dict[str, Any]:
+        if self.download:
+            self._timed("download", self.fetch)
+        end = self.data_end()
+        doc = self.registry.read()
+        champion = self.registry.production(self.name, doc) if self.name in doc["models"] else None
+        step = pd.Timedelta(self.ft["timeframe"])
+        start = end - pd.Timedelta(days=self.cfg.retrain.window_days)
+        if champion:
+            start = max(start, pd.Timestamp(champion["train_end"]) + step * self.cfg.training.embargo)
+        summary: dict[str, Any] = {"model": self.name, "dry_run": self.dry_run, "champion": champion and champion["id"],
+                                   "challenger": None, "window": [str(start), str(end)], "notes": self.notes}
+        drift = None
+        if champion:
+            from ml.drift_check import run_drift
+
+            drift = self._timed("drift", run_drift, self.cfg, self.ft, self.name, self.cfg.retrain.window_days)
+            summary["drift"] = {k: drift.get(k) for k in ("max_psi", "features_major", "drifted", "model_age_days")}
+            summary["drift"]["calibration"] = drift.get("calibration")
+            if self.cfg.retrain.when == "drift_or_age" and not drift["drifted"] \
+                    and drift["model_age_days"] < self.cfg.retrain.max_age_days:
+                return self._finish(summary, "skipped", [f"no drift above {self.cfg.retrain.max_psi} and the champion is "
+                                                         f"{drift['model_age_days']} days old"])
+        if end - start < pd.Timedelta(days=self.cfg.retrain.min_window_days):
+            return self._finish(summary, "skipped", [f"only {end - start} of candles after the champion's training; "
+                                                     f"need {self.cfg.retrain.min_window_days} days"])
+
+        # ---- challenger on the train_days before the window
+        train_from = start - pd.Timedelta(days=self.cfg.retrain.train_days)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        bundle_dir = self.user_data / "models" / self.name / f"retrain-{stamp}"
+        request = TrainRequest(Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"],
+                               f"{_day(train_from)}-{_day(start - step * self.cfg.training.embargo)}", bundle_dir,
+                               self.cfg.training.storage or f"sqlite:///{self.user_data / 'optuna.sqlite3'}",
+                               f"{self.name}-retrain-{stamp}", self.ft["data_format"])
+        trained = self._timed("train", train, self.cfg, request)
+        summary["challenger_test"] = {k: trained["test"][k] for k in ("auc", "brier_skill", "ece", "ev_gate_trades")}
+
+        # ---- same window, both models
+        rows = self._timed("window_rows", self.window_rows, bundle_dir, start, end)
+        summary["window_rows"] = len(rows)
+        scores = {"challenger": self.score(bundle_dir, rows)}
+        champion_dir = self.registry.version_dir(champion) if champion else None
+        if champion_dir:
+            scores["champion"] = self.score(champion_dir, rows)
+        summary["scores"] = scores
+        backtests: dict[str, Any] = {}
+        if self.cfg.retrain.backtest:
+            backtests["challenger"] = self._timed("backtest_challenger", self.backtest, bundle_dir, start, end, "challenger")
+            if champion_dir:
+                backtests["champion"] = self._timed("backtest_champion", self.backtest, champion_dir, start, end, "champion")
+        summary["backtests"] = backtests
+        return self._decide(summary, trained, bundle_dir, scores, backtests)
+
+    def _decide(self, summary, trained, bundle_dir, scores, backtests) -> dict[str, Any]:
+        reasons = []
+        challenger_bt, champion_bt = backtests.get("challenger"), backtests.get("champion")
+        backtest_gate = None
+        if challenger_bt is not None:
+            floor = champion_bt["profit_total"] if champion_bt else 0.0
+            # Against a champion, earning more is enough (staying out while the champion
+            # loses counts); with no champion, it must trade and make money.
+            passed = challenger_bt["profit_total"] > floor and (champion_bt is not None or challenger_bt["trades"] > 0)
+            backtest_gate = {**challenger_bt, "passed": passed, "summary": f"profit {challenger_bt['profit_total']:.4f} "
+                             f"vs {'champion ' if champion_bt else ''}{floor:.4f}, {challenger_bt['trades']} trades"}
+        gates = run_gates(trained["test"], self.cfg.gate, backtest_gate)
+        reasons += [f"gate {c['name']} failed ({c['value']} vs {c['threshold']})" for c in gates["checks"] if not c["passed"]]
+        if "champion" in scores:
+            gain = scores["champion"]["log_loss"] - scores["challenger"]["log_loss"]
+            if not gain > self.cfg.retrain.min_logloss_gain:
+                reasons.append(f"window log loss {scores['challenger']['log_loss']:.5f} does not beat the champion's "
+                               f"{scores['champion']['log_loss']:.5f} by > {self.cfg.retrain.min_logloss_gain}")
+        decision = "promoted" if not reasons else ("kept" if summary["champion"] else "not promoted")
+        if self.dry_run:
+            summary["would"] = decision
+            return self._finish(summary, "dry-run", reasons)
+        why = "; ".join(reasons) or "challenger beat the champion"
+        entry = self.registry.register(bundle_dir, self.name, notes=f"ftml retrain: {why}",
+                                       status="staged" if not reasons else "failed", reason=why,
+                                       gates=gates if reasons else None)
+        vid = entry["id"]
+        summary["challenger"] = vid
+        if backtest_gate is not None:
+            self.registry.set_backtest(self.name, vid, backtest_gate)
+        if not reasons:
+            result = self.registry.validate(self.name, vid, self.cfg.gate, backtest_gate)
+            if result["passed"]:
+                self.registry.promote(self.name, vid, reason="retrain: challenger passed every gate and beat the champion")
+            else:
+                reasons.append("validation failed in the registry")
+                decision = "kept" if summary["champion"] else "not promoted"
+        return self._finish(summary, decision, reasons)
+
+    def _finish(self, summary, decision, reasons) -> dict[str, Any]:
+        summary.update(decision=decision, reasons=reasons, durations=self.timings,
+                       seconds=round(time.perf_counter() - self.started, 1))
+        return summary
+
+
+def _setup_log(user_data: Path) -> logging.Handler:
+    logs = user_data / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / "retrain.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_run: bool = False,
+                download: bool = False) -> dict[str, Any]:
+    """One round, under the lock. Returns the summary (decision 'locked' when another run holds it)."""
+    config_path = Path(config_path).resolve()
+    user_data = Path(ft["user_data_dir"]).resolve()
+    user_data.mkdir(parents=True, exist_ok=True)
+    handler = _setup_log(user_data)
+    lock_path = user_data / "retrain.lock"
+    owner = user_data / "retrain.lock.json"
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = json.loads(owner.read_text()) if owner.is_file() else {}
+        logger.info("Another retrain holds the lock (pid %s since %s): nothing to do.", holder.get("pid"), holder.get("started"))
+        logging.getLogger().removeHandler(handler)
+        return {"decision": "locked", "holder": holder}
+    notes = []
+    try:
+        if owner.is_file():
+            previous = json.loads(owner.read_text() or "{}")
+            if previous.get("pid") and not _pid_alive(previous["pid"]):
+                notes.append(f"recovered a stale lock left by pid {previous['pid']} (started {previous.get('started')})")
+                logger.warning(notes[-1])
+        owner.write_text(json.dumps({"pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds")}))
+        job = Retrain(config_path, cfg, ft, dry_run, download)
+        job.notes.extend(notes)
+        summary = job.run()
+        tracker = tracking.start(cfg.tracking, {"ml": cfg.model_dump(), "retrain": True}, name=f"retrain-{cfg.model.name}",
+                                 job_type="retrain")
+        tracker.log_metrics(summary)
+        tracker.finish()
+        summary["tracking"] = tracker.link
+        logger.info("Retrain %s: %s", summary["decision"], "; ".join(summary.get("reasons", [])) or "ok")
+        return summary
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+

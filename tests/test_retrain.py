@@ -1,0 +1,158 @@
+"""`ftml retrain`: decisions, locking, crash recovery, dry run and the summary line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ml.registry import open_registry
+from ml.synth import write_market
+from tests.conftest import REPO, write_config
+
+pytestmark = pytest.mark.slow
+PAIRS = [f"P{i}/BTC" for i in range(8)]
+SUMMARY_FIELDS = {"decision", "model", "champion", "challenger", "window", "scores", "backtests", "reasons",
+                  "durations", "seconds"}
+
+
+def project(root: Path, window_days=120, train_days=240) -> Path:
+    write_config(root / "config.json", max_open_trades=40,
+                 exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS},
+                 ml={"model": {"name": "mean_reversion"}, "tracking": {"mode": "disabled"},
+                     "training": {"signal": None, "trials": 4, "families": ["lightgbm", "logistic"]},
+                     "retrain": {"window_days": window_days, "train_days": train_days, "strategy": "MeanReversionML"}})
+    (root / "user_data").mkdir(exist_ok=True)
+    return root
+
+
+def market(root: Path, kind: str, candles: int, **process) -> None:
+    write_market(root / "user_data" / "data" / "binance", PAIRS, "1h", candles, kind, 3, **process)
+
+
+def retrain(root: Path, *args: str, wait=True):
+    cmd = [sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = project(tmp_path_factory.mktemp("retrain"))
+    market(root, "planted", 10000)
+    first = retrain(root)
+    return root, first
+
+
+def test_first_run_on_an_empty_registry_promotes(planted):
+    root, first = planted
+    assert first["decision"] == "promoted" and first["champion"] is None and first["challenger"] == 1
+    assert open_registry(root / "registry").production("mean_reversion")["id"] == 1
+    assert SUMMARY_FIELDS <= set(first)
+    assert first["backtests"]["challenger"]["trades"] > 0
+    assert (root / "user_data" / "logs" / "retrain.log").read_text().count("Retrain promoted") == 1
+
+
+def test_second_run_on_the_same_data_keeps_the_champion(planted):
+    root, _ = planted
+    second = retrain(root)
+    assert second["decision"] == "kept" and second["champion"] == 1
+    reg = open_registry(root / "registry")
+    assert reg.production("mean_reversion")["id"] == 1
+    loser = reg.version("mean_reversion", second["challenger"])
+    assert loser["status"] == "failed" and "does not beat the champion" in loser["notes"]
+    assert {"champion", "challenger"} <= set(second["scores"]) <= set(second["backtests"]) | {"champion", "challenger"}
+    assert second["drift"]["max_psi"] >= 0
+
+
+def test_dry_run_changes_nothing(planted):
+    root, _ = planted
+    before = (root / "registry" / "registry.json").read_bytes()
+    summary = retrain(root, "--dry-run")
+    assert summary["decision"] == "dry-run" and summary["would"] in ("promoted", "kept")
+    assert (root / "registry" / "registry.json").read_bytes() == before
+
+
+def test_download_without_network_goes_on_with_local_data(planted):
+    root, _ = planted
+    summary = retrain(root, "--dry-run", "--download")
+    assert summary["decision"] == "dry-run"
+    assert any("download failed" in n for n in summary["notes"])
+
+
+def test_a_regime_flip_promotes_the_challenger(tmp_path):
+    root = project(tmp_path, window_days=60, train_days=100)
+    market(root, "planted", 8000)
+    assert retrain(root)["decision"] == "promoted"
+    market(root, "planted", 12000, flip_at=8000)  # new candles where the rule has reversed
+    after = retrain(root)
+    assert after["decision"] == "promoted", after["reasons"]
+    assert after["scores"]["challenger"]["log_loss"] < after["scores"]["champion"]["log_loss"]
+    assert open_registry(root / "registry").production("mean_reversion")["id"] == after["challenger"]
+
+
+def test_a_null_market_never_promotes(tmp_path):
+    root = project(tmp_path)
+    market(root, "null", 10000)
+    summary = retrain(root)
+    assert summary["decision"] == "not promoted" and summary["reasons"]
+    reg = open_registry(root / "registry")
+    assert reg.read()["models"]["mean_reversion"]["production"] is None
+    assert reg.version("mean_reversion", 1)["status"] == "failed"
+
+
+def test_concurrent_runs_one_works_one_is_locked(planted):
+    root, _ = planted
+    first = retrain(root, "--dry-run", wait=False)
+    owner = root / "user_data" / "retrain.lock.json"
+    deadline = time.time() + 60
+    while not owner.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    start = time.time()
+    second = retrain(root, "--dry-run")
+    assert second["decision"] == "locked" and second["holder"]["pid"] == first.pid
+    assert time.time() - start < 15
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0 and json.loads(out.strip().splitlines()[-1])["decision"] == "dry-run"
+
+
+def test_a_killed_run_leaves_a_lock_the_next_run_recovers(planted):
+    root, _ = planted
+    victim = retrain(root, wait=False)
+    owner = root / "user_data" / "retrain.lock.json"
+    deadline = time.time() + 60
+    while not owner.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # mid-way: training
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert owner.exists()  # the kill left its marker behind
+    summary = retrain(root, "--dry-run")
+    assert any("recovered a stale lock" in n for n in summary["notes"])
+    reg = open_registry(root / "registry")
+    assert not [v for v in reg.read()["models"]["mean_reversion"]["versions"].values() if reg.verify_version(v)]
+
+
+def test_drift_or_age_policy_skips_a_fresh_stable_champion(planted):
+    root, _ = planted
+    cfg_path = root / "config.json"
+    original = cfg_path.read_text()
+    cfg = json.loads(original)
+    cfg["ml"]["retrain"] = {**cfg["ml"]["retrain"], "when": "drift_or_age", "max_age_days": 30, "max_psi": 5.0}
+    cfg_path.write_text(json.dumps(cfg))
+    try:
+        summary = retrain(root)
+    finally:
+        cfg_path.write_text(original)
+    assert summary["decision"] == "skipped" and "no drift above 5.0" in summary["reasons"][0]
+    assert "train" not in summary["durations"]  # nothing was trained
