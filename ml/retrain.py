@@ -44,7 +44,7 @@ from ml.bundle import load_bundle
 from ml.config import MLConfig
 from ml.dataset import build_dataset
 from ml.metrics import evaluate
-from ml.registry import open_registry, run_gates
+from ml.registry import RegistryError, open_registry, run_gates
 from ml.train import TrainRequest, train
 
 logger = logging.getLogger("ftml.retrain")
@@ -111,7 +111,7 @@ class Retrain:
             raise RuntimeError(f"No candles for {self.ft['pairs']} in {self.ft['datadir']}")
         return pd.Timestamp(max(ends))
 
-    def window_rows(self, bundle_dir: Path, start: pd.Timestamp, end: pd.Timestamp):
+    def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
         data = build_dataset(self.cfg, Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"], None,
                              self.cfg.training.signal, self.ft["data_format"])
         keep = (data.times > _ns(start)) & (data.times <= _ns(end))
@@ -165,6 +165,9 @@ class Retrain:
         end = self.data_end()
         doc = self.registry.read()
         champion = self.registry.production(self.name, doc) if self.name in doc["models"] else None
+        if champion and (problems := self.registry.verify_version(champion)):
+            raise RegistryError(f"The champion {self.name} v{champion['id']} fails verification: {'; '.join(problems)}. "
+                                "Fix it or roll back (`ftml registry rollback`) before retraining.")
         step = pd.Timedelta(self.ft["timeframe"])
         start = end - pd.Timedelta(days=self.cfg.retrain.window_days)
         if champion:
@@ -198,7 +201,7 @@ class Retrain:
         summary["challenger_test"] = {k: trained["test"][k] for k in ("auc", "brier_skill", "ece", "ev_gate_trades")}
 
         # ---- same window, both models
-        rows = self._timed("window_rows", self.window_rows, bundle_dir, start, end)
+        rows = self._timed("window_rows", self.window_rows, start, end)
         summary["window_rows"] = len(rows)
         scores = {"challenger": self.score(bundle_dir, rows)}
         champion_dir = self.registry.version_dir(champion) if champion else None

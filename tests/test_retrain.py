@@ -156,3 +156,20 @@ def test_drift_or_age_policy_skips_a_fresh_stable_champion(planted):
         cfg_path.write_text(original)
     assert summary["decision"] == "skipped" and "no drift above 5.0" in summary["reasons"][0]
     assert "train" not in summary["durations"]  # nothing was trained
+
+
+def test_a_tampered_champion_stops_the_run_before_any_work(planted, tmp_path):
+    import shutil
+
+    root, _ = planted
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("retrain.lock*", "models", "backtest_results"))
+    reg = open_registry(copy / "registry")
+    entry = reg.production("mean_reversion")
+    model = next((copy / "registry" / entry["path"]).glob("model.*"))
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json"], cwd=copy,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "fails verification" in done.stderr and "rollback" in done.stderr
