@@ -28,8 +28,8 @@ def test_demo_runs_end_to_end_and_starts_clean_each_time(tmp_path):
     registry = json.loads((tmp_path / "user_data" / "demo" / "registry" / "registry.json").read_text())
     versions = registry["models"]["trend_pullback"]["versions"]
     assert len(versions) == 1
-    if summary["promoted"]:
-        assert registry["models"]["trend_pullback"]["production"] == summary["production_version"]
+    assert summary["promoted"] and summary["verdict"] == "edge"  # the planted market has one
+    assert registry["models"]["trend_pullback"]["production"] == summary["production_version"] == 1
     assert summary["ungated"]["trades"] > 0  # the backtest ran
     assert list((tmp_path / "user_data" / "demo" / "backtest").glob("backtest-result-*.zip"))
     assert (tmp_path / "wandb").is_dir() and str(summary["wandb"]).startswith(str(tmp_path / "wandb"))
