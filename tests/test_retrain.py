@@ -36,8 +36,8 @@ def market(root: Path, kind: str, candles: int, **process) -> None:
     write_market(root / "user_data" / "data" / "binance", PAIRS, "1h", candles, kind, 3, **process)
 
 
-def retrain(root: Path, *args: str, wait=True):
-    cmd = [sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json", *args]
+def retrain(root: Path, *args: str, wait=True, config="config.json"):
+    cmd = [sys.executable, "-m", "ml.cli", "retrain", "-c", config, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -75,19 +75,21 @@ def test_second_run_on_the_same_data_keeps_the_champion(planted):
     assert second["drift"]["max_psi"] >= 0
 
 
-def test_dry_run_changes_nothing(planted):
+def test_dry_run_changes_nothing_and_download_without_network_goes_on(planted):
     root, _ = planted
     before = (root / "registry" / "registry.json").read_bytes()
-    summary = retrain(root, "--dry-run")
+    summary = retrain(root, "--dry-run", "--download")
     assert summary["decision"] == "dry-run" and summary["would"] in ("promoted", "kept")
     assert (root / "registry" / "registry.json").read_bytes() == before
-
-
-def test_download_without_network_goes_on_with_local_data(planted):
-    root, _ = planted
-    summary = retrain(root, "--dry-run", "--download")
-    assert summary["decision"] == "dry-run"
     assert any("download failed" in n for n in summary["notes"])
+
+
+def quick_config(root: Path) -> str:
+    """A config whose policy skips right after the drift check: a fast run that still locks."""
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["ml"]["retrain"] = {**cfg["ml"]["retrain"], "when": "drift_or_age", "max_age_days": 30, "max_psi": 5.0}
+    (root / "quick.json").write_text(json.dumps(cfg))
+    return "quick.json"
 
 
 def test_a_regime_flip_promotes_the_challenger(tmp_path):
@@ -137,7 +139,7 @@ def test_a_killed_run_leaves_a_lock_the_next_run_recovers(planted):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert owner.exists()  # the kill left its marker behind
-    summary = retrain(root, "--dry-run")
+    summary = retrain(root, config=quick_config(root))
     assert any("recovered a stale lock" in n for n in summary["notes"])
     reg = open_registry(root / "registry")
     assert not [v for v in reg.read()["models"]["mean_reversion"]["versions"].values() if reg.verify_version(v)]
@@ -145,15 +147,7 @@ def test_a_killed_run_leaves_a_lock_the_next_run_recovers(planted):
 
 def test_drift_or_age_policy_skips_a_fresh_stable_champion(planted):
     root, _ = planted
-    cfg_path = root / "config.json"
-    original = cfg_path.read_text()
-    cfg = json.loads(original)
-    cfg["ml"]["retrain"] = {**cfg["ml"]["retrain"], "when": "drift_or_age", "max_age_days": 30, "max_psi": 5.0}
-    cfg_path.write_text(json.dumps(cfg))
-    try:
-        summary = retrain(root)
-    finally:
-        cfg_path.write_text(original)
+    summary = retrain(root, config=quick_config(root))
     assert summary["decision"] == "skipped" and "no drift above 5.0" in summary["reasons"][0]
     assert "train" not in summary["durations"]  # nothing was trained
 
