@@ -49,10 +49,6 @@ class Bundle:
     def feature_set_id(self) -> str:
         return str(self.manifest["feature_set_id"])
 
-    @property
-    def train_end(self) -> pd.Timestamp:
-        return pd.Timestamp(self.manifest["train_end"])
-
     def predict_raw(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         if isinstance(X, pd.DataFrame):
             X = X[self.feature_names].to_numpy(dtype=np.float64)

@@ -37,10 +37,6 @@ def _as_ns(values) -> np.ndarray:
     return pd.to_datetime(pd.Series(values), utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]")
 
 
-def _blocks(unique_times: np.ndarray, n_blocks: int) -> list[np.ndarray]:
-    return np.array_split(unique_times, n_blocks)
-
-
 def _train_mask(times, label_end, block_start, gap) -> np.ndarray:
     mask = times < block_start - gap
     if label_end is not None:
@@ -72,7 +68,7 @@ class PurgedWalkForward:
                 f"({len(t)} rows): need at least {2 * (self.n_folds + 1)}."
             )
         gap = np.timedelta64(self.gap.as_unit("ns").value, "ns")
-        blocks = _blocks(unique, self.n_folds + 1)
+        blocks = np.array_split(unique, self.n_folds + 1)
         for block in blocks[1:]:
             start, stop = block[0], block[-1]
             val = np.flatnonzero((t >= start) & (t <= stop))
