@@ -23,6 +23,7 @@ import pandas as pd
 
 from ml import calibration
 from ml.errors import FtmlError
+from ml.metrics import barrier_outcome_returns
 from ml.models import FAMILIES, FittedModel, load_model
 
 BUNDLE_FORMAT = 1
@@ -49,6 +50,11 @@ class Bundle:
     def feature_set_id(self) -> str:
         return str(self.manifest["feature_set_id"])
 
+    def outcome_returns(self, side: str = "long") -> dict[str, float]:
+        """Mean realised return of a win and of a loss (calibration block), for the EV gate.
+        Bundles from before they were measured fall back to what the fixed barriers imply."""
+        return outcome_returns_of(self.manifest, side)
+
     def predict_raw(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         if isinstance(X, pd.DataFrame):
             X = X[self.feature_names].to_numpy(dtype=np.float64)
@@ -57,6 +63,15 @@ class Bundle:
     def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Calibrated probability that the trade wins, one per row, vectorised."""
         return self.calibrator.transform(self.predict_raw(X))
+
+
+def outcome_returns_of(manifest: dict[str, Any], side: str = "long") -> dict[str, float]:
+    """``outcome_returns`` of a bundle manifest or registry entry (see Bundle.outcome_returns)."""
+    measured = (manifest.get("outcome_returns") or {}).get(side)
+    if measured:
+        return {"win": float(measured["win"]), "loss": float(measured["loss"])}
+    label = manifest["label"]
+    return barrier_outcome_returns(label["take_profit"], label["stop_loss"], label["fee"])
 
 
 def save_bundle(folder: Path, model: FittedModel, calibrator: calibration.Calibrator,

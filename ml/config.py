@@ -36,7 +36,9 @@ class RegistrySettings(_Section):
 
 
 class ModelSettings(_Section):
-    name: str = Field("trend_pullback", pattern=r"^[A-Za-z0-9_.-]+$", min_length=1)
+    # The same rule as ml.registry.MODEL_NAME: the name becomes a folder of the store, so
+    # '.', '..' and hidden names are refused before any path is built.
+    name: str = Field("trend_pullback", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
 class FeatureSettings(_Section):

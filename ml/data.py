@@ -196,3 +196,16 @@ def load_candles(
         raw = handler._ohlcv_load(pair, timeframe, None, CandleType.SPOT)
         frames[pair] = check_frame(_trim(raw, parsed), rep, min_candles)
     return frames, report
+
+
+def candle_dates(datadir: str | Path, pair: str, timeframe: str, data_format: str = "feather") -> pd.Series:
+    """The stored candle dates of one pair, in any format freqtrade writes (empty if no file).
+
+    Callers that only need a data range (retrain's newest candle, the demo's split) must
+    not assume feather: users keep parquet or json as freqtrade's ``dataformat_ohlcv`` says.
+    """
+    datadir = Path(datadir)
+    handler = get_datahandler(datadir, data_format)
+    if not handler._pair_data_filename(datadir, pair, timeframe, CandleType.SPOT).is_file():
+        return pd.Series([], dtype="datetime64[ns, UTC]")
+    return handler._ohlcv_load(pair, timeframe, None, CandleType.SPOT)["date"]

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from ml.cli import freqtrade_settings
 from ml.config import read_json
-from ml.data import available_pairs
+from ml.data import DataError, available_pairs, candle_dates
 from ml.synth import write_market
 
 DEMO_CANDLES = 12_000
@@ -60,7 +60,8 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     if synthetic:
         console.print(f"[bold yellow]No {ft['timeframe']} candles for every pair in {ft['datadir']}: using a SYNTHETIC "
                       f"planted market ({DEMO_CANDLES} candles per pair). The numbers below are not a real market.[/]")
-        write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "planted", DEMO_SEED)
+        write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "planted", DEMO_SEED,
+                     data_format=ft["data_format"])
     else:
         datadir.parent.mkdir(parents=True)
         datadir.symlink_to(Path(ft["datadir"]).resolve(), target_is_directory=True)
@@ -80,10 +81,12 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     return demo, synthetic, ft
 
 
-def _ranges(datadir: Path, pair: str, timeframe: str) -> tuple[str, str]:
+def _ranges(datadir: Path, pair: str, timeframe: str, data_format: str) -> tuple[str, str]:
     """Train on the first 75% of the candles, backtest on the rest."""
-    df = pd.read_feather(next(Path(datadir).glob(f"{pair.replace('/', '_')}-{timeframe}.feather")))
-    cut = df["date"].iloc[int(len(df) * 0.75)]
+    dates = candle_dates(datadir, pair, timeframe, data_format).sort_values()
+    if dates.empty:
+        raise DataError(f"No {timeframe} candles for {pair} in {datadir} ({data_format}).")
+    cut = dates.iloc[int(len(dates) * 0.75)]
     return f"-{cut:%Y%m%d}", f"{(cut + pd.Timedelta(days=1)):%Y%m%d}-"
 
 
@@ -93,7 +96,7 @@ def run_demo(config_path: str) -> int:
     demo, synthetic, ft = prepare(config_path, console)
     cfg = json.loads((demo / "config.json").read_text())
     datadir = Path(cfg["user_data_dir"]) / "data" / ft["exchange"]
-    train_range, test_range = _ranges(datadir, ft["pairs"][0], ft["timeframe"])
+    train_range, test_range = _ranges(datadir, ft["pairs"][0], ft["timeframe"], ft["data_format"])
 
     console.print(f"[bold]1/3 Training[/] on {train_range} ({cfg['ml']['training']['trials']} Optuna trials) ...")
     done = _check(_ftml(["train", "-c", str(demo / "config.json"), "--timerange", train_range,

@@ -18,10 +18,30 @@ N_BINS = 10
 NOISE_SIMULATIONS = 200
 
 
-def expected_value(p: np.ndarray, take_profit: np.ndarray | float, stop_loss: np.ndarray | float,
-                   fee: float) -> np.ndarray:
-    """EV of a long trade per unit stake: p*tp - (1-p)*sl - fee (DESIGN.md, "Gate")."""
-    return p * take_profit - (1.0 - p) * stop_loss - fee
+def expected_value(p: np.ndarray, win_return: np.ndarray | float, loss_return: np.ndarray | float) -> np.ndarray:
+    """EV per unit stake: p*E[r | win] + (1-p)*E[r | loss] (DESIGN.md, "Gate").
+
+    The conditional means are *realised* net returns (fees already in them), so no fee is
+    subtracted again, and a time exit counts with what it really returned, not as a full
+    stop-loss.
+    """
+    return p * win_return + (1.0 - p) * loss_return
+
+
+def outcome_returns(y: np.ndarray, realised: np.ndarray) -> dict[str, float | int]:
+    """Mean realised net return of winning and of losing rows (fitted on the calibration block)."""
+    y = np.asarray(y).astype(bool)
+    realised = np.asarray(realised, dtype=np.float64)
+    if y.all() or not y.any():
+        raise ValueError("outcome_returns needs both winning and losing rows")
+    return {"win": float(realised[y].mean()), "loss": float(realised[~y].mean()),
+            "wins": int(y.sum()), "losses": int((~y).sum())}
+
+
+def barrier_outcome_returns(take_profit: float, stop_loss: float, fee: float) -> dict[str, float]:
+    """Outcome returns implied by fixed barriers alone (for models that predate measured ones):
+    a win earns the take-profit net of fees (freqtrade's ROI is net), a loss the stop plus fees."""
+    return {"win": float(take_profit), "loss": -float(stop_loss) - float(fee)}
 
 
 def auc_with_se(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -56,15 +76,34 @@ def block_bootstrap_se(stat, y: np.ndarray, p: np.ndarray, times: np.ndarray, bl
     return float(np.std(values)) if len(values) > 1 else float("nan")
 
 
+def block_bootstrap_mean_se(values: np.ndarray, times: np.ndarray, block: np.timedelta64,
+                            reps: int = 200, seed: int = 0) -> float:
+    """Standard error of the mean of ``values`` from resampling whole time blocks (see above)."""
+    block_id = ((times - times.min()) // block).astype(np.int64)
+    ids, inverse = np.unique(block_id, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(reps, len(ids)))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return float(np.std(means)) if len(ids) > 1 else float("nan")
+
+
+def _quantile_bins(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin id per row on quantile edges, as ``sklearn.calibration.calibration_curve(strategy=
+    'quantile')``: equal predictions always share a bin, whatever their order in time."""
+    edges = np.percentile(p, np.linspace(0, 100, n_bins + 1))
+    return np.searchsorted(edges[1:-1], p)
+
+
 def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, float]]:
-    """Quantile bins of p: count, mean p and hit rate per bin."""
-    order = np.argsort(p, kind="stable")
+    """Quantile bins of p (empty bins dropped): count, p range, mean p and hit rate per bin."""
+    bins = _quantile_bins(p, n_bins)
     rows = []
-    for chunk in np.array_split(order, n_bins):
-        if len(chunk) == 0:
-            continue
+    for b in np.unique(bins):
+        chunk = bins == b
         rows.append({
-            "count": int(len(chunk)),
+            "count": int(chunk.sum()),
             "p_low": float(p[chunk].min()),
             "p_high": float(p[chunk].max()),
             "mean_p": float(p[chunk].mean()),
@@ -111,37 +150,74 @@ def calibration_report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     }
 
 
-def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, take_profit, stop_loss, fee: float,
-                       margin: float = 0.0) -> dict[str, Any]:
-    """Trades the EV gate would take on the test rows, against taking every row."""
-    ev = expected_value(p, take_profit, stop_loss, fee)
-    taken = ev > margin
+def non_overlapping(times: np.ndarray, label_end: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Mask of the rows a bot trading one position per pair could really take, in time order:
+    a row counts only when the pair's previous counted trade has ended (its ``label_end``).
 
-    def summary(mask: np.ndarray) -> dict[str, float]:
-        n = int(mask.sum())
-        r = realised[mask]
-        return {
-            "trades": n,
-            "hit_rate": float((r > 0).mean()) if n else float("nan"),
-            "mean_return": float(r.mean()) if n else float("nan"),
-            "total_return": float(r.sum()) if n else 0.0,
-        }
+    Overlapping signal rows of one pair share most of their outcome; counting each as a
+    trade inflates the count and shrinks the standard error. The loop runs over the rows
+    already taken by the gate, once, at evaluation time (not in a strategy's hot path).
+    """
+    keep = np.zeros(len(times), dtype=bool)
+    order = np.lexsort((times, pairs))
+    free_from: dict[Any, np.datetime64] = {}
+    for i in order:
+        pair = pairs[i]
+        if pair not in free_from or times[i] > free_from[pair]:
+            keep[i] = True
+            free_from[pair] = label_end[i]
+    return keep
 
-    gated, everything = summary(taken), summary(np.ones_like(taken, dtype=bool))
-    return {"margin": margin, "gated": gated, "all_signals": everything,
-            "share_taken": gated["trades"] / max(everything["trades"], 1)}
+
+def trade_summary(realised: np.ndarray) -> dict[str, float]:
+    n = len(realised)
+    return {
+        "trades": n,
+        "hit_rate": float((realised > 0).mean()) if n else float("nan"),
+        "mean_return": float(realised.mean()) if n else float("nan"),
+        "mean_return_se": float(realised.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        "total_return": float(realised.sum()) if n else 0.0,
+    }
+
+
+def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, win_return, loss_return, margin: float = 0.0,
+                       times: np.ndarray | None = None, label_end: np.ndarray | None = None,
+                       pairs: np.ndarray | None = None) -> dict[str, Any]:
+    """Trades the EV gate would take on the test rows, against taking every signal.
+
+    With ``times``, ``label_end`` and ``pairs``, trades are counted as a bot would make them:
+    one open trade per pair, the next only after it ended (see :func:`non_overlapping`).
+    ``signal_rows`` keeps the raw count of rows the gate let through.
+    """
+    taken = expected_value(p, win_return, loss_return) > margin
+    everything = np.ones_like(taken, dtype=bool)
+    if times is not None and label_end is not None and pairs is not None:
+        gated_idx = np.flatnonzero(taken)
+        real = np.zeros_like(taken)
+        real[gated_idx[non_overlapping(times[gated_idx], label_end[gated_idx], pairs[gated_idx])]] = True
+        all_real = non_overlapping(times, label_end, pairs)
+    else:
+        real, all_real = taken, everything
+    gated, signals = trade_summary(realised[real]), trade_summary(realised[all_real])
+    gated["signal_rows"], signals["signal_rows"] = int(taken.sum()), int(len(taken))
+    return {"margin": margin, "win_return": np.asarray(win_return).tolist(), "loss_return": np.asarray(loss_return).tolist(),
+            "gated": gated, "all_signals": signals, "share_taken": int(taken.sum()) / max(len(taken), 1)}
 
 
 def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.ndarray,
-             take_profit, stop_loss, fee: float, margin: float = 0.0,
+             outcome: dict[str, float], margin: float = 0.0,
              times: np.ndarray | None = None, block: np.timedelta64 | None = None,
+             label_end: np.ndarray | None = None, pairs: np.ndarray | None = None,
              fitted_base_rate: float | None = None, min_trades: int = 30) -> dict[str, Any]:
     """Everything the report needs, on the untouched test block.
 
-    With ``times`` and ``block`` (the label horizon), the AUC and calibration-in-the-large
-    errors are the larger of the textbook value and a block bootstrap, so overlapping
-    labels don't fake an edge. ``fitted_base_rate`` is the hit rate of the rows the model
-    and calibrator were fitted on: what a model with no information should predict.
+    ``outcome`` holds the mean realised returns of wins and losses (from the calibration
+    block, :func:`outcome_returns`) that turn p into EV. With ``times`` and ``block`` (the
+    label horizon), the AUC and calibration-in-the-large errors are the larger of the
+    textbook value and a block bootstrap, so overlapping labels don't fake an edge; with
+    ``label_end`` and ``pairs`` too, EV-gate trades are counted without overlap.
+    ``fitted_base_rate`` is the hit rate of the rows the model and calibrator were fitted
+    on: what a model with no information should predict.
     """
     y = np.asarray(y, dtype=np.float64)
     auc, auc_se = auc_with_se(y, p_cal)
@@ -165,7 +241,8 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
         "calibrated": calibration_report(y, p_cal),
         "raw": {"ece": ece(y, p_raw), "log_loss": float(log_loss(y, np.clip(p_raw, 1e-6, 1 - 1e-6), labels=[0, 1])),
                 "reliability": reliability_table(y, p_raw)},
-        "ev_gate": ev_gate_simulation(p_cal, realised, take_profit, stop_loss, fee, margin),
+        "ev_gate": ev_gate_simulation(p_cal, realised, outcome["win"], outcome["loss"], margin,
+                                      times, label_end, pairs),
     }
     if citl_se is not None:
         report["calibrated"]["calibration_in_the_large_se"] = max(
@@ -176,14 +253,16 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
 
 def edge_verdict(report: dict[str, Any], min_trades: int = 30) -> dict[str, Any]:
     """'edge' only when all hold on the test block: AUC above 0.5 by two standard errors,
-    positive Brier skill, and an EV gate that takes at least ``min_trades`` trades with a
-    positive mean net return. Anything less is reported as "no edge", with the reasons."""
+    positive Brier skill, and an EV gate that takes at least ``min_trades`` (non-overlapping)
+    trades whose mean net return is above zero by two standard errors. Anything less is
+    reported as "no edge", with the reasons."""
     reasons = []
     gated = report["ev_gate"]["gated"]
     if gated["trades"] < min_trades:
         reasons.append(f"the EV gate takes {gated['trades']} trades (< {min_trades})")
-    elif not gated["mean_return"] > 0:
-        reasons.append(f"gated trades lose on average ({gated['mean_return']:.4f} per trade)")
+    elif not gated["mean_return"] - 2 * gated["mean_return_se"] > 0:
+        reasons.append(f"gated trades' mean return {gated['mean_return']:.4f} is not above 0 by 2 SE "
+                       f"({gated['mean_return_se']:.4f})")
     if not report["auc"] - 2 * report["auc_se"] > 0.5:
         reasons.append(f"test AUC {report['auc']:.3f} is within 2 SE ({report['auc_se']:.3f}) of 0.5")
     if not report["brier_skill"] > 0:

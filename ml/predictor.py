@@ -26,7 +26,7 @@ class FeatureMismatch(RegistryError):
     """The model was trained on other features than the strategy computes."""
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
+def stat_key(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -56,6 +56,18 @@ def describe_mismatch(entry: dict[str, Any], engineer: FeatureEngineer) -> str:
     return "; ".join(parts)
 
 
+def parse_train_end(value: Any) -> pd.Timestamp | None:
+    """A timezone-aware timestamp, or None: a missing or naive train_end must never turn into
+    NaT, against which every comparison is False and the in-sample guard blocks nothing."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return None
+    return ts if ts is not pd.NaT and ts.tzinfo is not None else None
+
+
 @dataclass
 class ProductionModel:
     name: str
@@ -68,7 +80,7 @@ class ProductionModel:
     @classmethod
     def load(cls, store: str | Path | Registry, name: str, engineer: FeatureEngineer | None = None) -> ProductionModel:
         registry = open_registry(store)
-        stat_key = _stat_key(registry.index)
+        key = stat_key(registry.index)
         doc = registry.read()
         entry = registry.production(name, doc) if name in doc["models"] else None
         if entry is None:
@@ -82,11 +94,15 @@ class ProductionModel:
                 f"Refusing {name} v{entry['id']}: trained on feature set {entry.get('feature_set_id')}, the "
                 f"strategy computes {engineer.feature_set_id}: {describe_mismatch(entry, engineer)}"
             )
+        train_end = parse_train_end(entry.get("train_end"))
+        if train_end is None:
+            raise IntegrityError(f"Refusing {name} v{entry['id']}: train_end {entry.get('train_end')!r} is not a "
+                                 "timezone-aware date, so the in-sample guard could not work; re-register the model.")
         bundle = load_bundle(registry.version_dir(entry))
         if bundle.feature_set_id != entry.get("feature_set_id"):
             raise IntegrityError(f"Refusing {name} v{entry['id']}: bundle.json and registry.json disagree "
                                  "on the feature set")
-        return cls(name, int(entry["id"]), entry, bundle, registry, stat_key)
+        return cls(name, int(entry["id"]), entry, bundle, registry, key)
 
     # ------------------------------------------------------------------ use
     @property
@@ -100,7 +116,8 @@ class ProductionModel:
 
     @property
     def train_end(self) -> pd.Timestamp:
-        return pd.Timestamp(self.entry["train_end"])
+        """The newest candle the model or calibrator was fitted on (checked at load)."""
+        return parse_train_end(self.entry["train_end"])
 
     def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
         """Calibrated P(win) for every row of a frame that holds the feature columns.
@@ -117,7 +134,7 @@ class ProductionModel:
 
     def changed(self) -> bool:
         """True when registry.json was rewritten since this model was loaded (a stat, no hashing)."""
-        return _stat_key(self.registry.index) != self.stat_key
+        return stat_key(self.registry.index) != self.stat_key
 
     def production_id(self) -> int | None:
         """The production version id now in the registry (reads the small JSON only)."""

@@ -23,6 +23,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -48,6 +49,19 @@ class RegistryError(FtmlError):
 
 class IntegrityError(RegistryError):
     """A file does not match its recorded sha256, or a path leaves the store."""
+
+
+# A model name becomes a folder of the store: letters, digits, '_', '.', '-', not starting
+# with '.', so '.', '..' and hidden names can never be built into a path.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def check_model_name(name: Any) -> str:
+    """Return ``name`` if it is a safe model name, else raise before any path is built."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise RegistryError(f"Invalid model name {name!r}: use 1-100 letters, digits, '_', '.' or '-', "
+                            "not starting with '.' (it becomes a folder of the registry store)")
+    return name
 
 
 # Schema migrations: MIGRATIONS[n] turns a schema-n document into schema n+1.
@@ -127,6 +141,7 @@ class Registry:
         return migrate(doc, str(self.index))
 
     def model(self, name: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+        check_model_name(name)
         doc = doc or self.read()
         if name not in doc["models"]:
             known = ", ".join(sorted(doc["models"])) or "none yet"
@@ -224,6 +239,7 @@ class Registry:
         name = name or manifest.get("model_name")
         if not name:
             raise RegistryError(f"{bundle_dir}: no model name; pass one")
+        check_model_name(name)
         if status not in ("staged", "failed"):
             raise RegistryError(f"A new version is staged or failed, not {status!r}")
         sources = _bundle_files(bundle_dir)
@@ -253,7 +269,8 @@ class Registry:
                 "family": manifest.get("family"), "feature_set_id": manifest.get("feature_set_id"),
                 "feature_names": manifest.get("feature_names", []), "features": manifest.get("features"),
                 "timeframe": manifest.get("timeframe"), "label": manifest.get("label"),
-                "signal": manifest.get("signal"), "pairs": manifest.get("pairs", []),
+                "signal": manifest.get("signal"), "outcome_returns": manifest.get("outcome_returns"),
+                "ev_margin": manifest.get("ev_margin"), "pairs": manifest.get("pairs", []),
                 "ranges": manifest.get("ranges", {}), "train_end": manifest.get("train_end"),
                 "metrics": manifest.get("metrics", {}), "backtest": None, "gates": gates,
                 "tracking": manifest.get("tracking"), "tags": list(tags or []), "notes": notes,
@@ -379,14 +396,16 @@ def run_gates(metrics: dict[str, Any], gates, backtest: dict[str, Any] | None = 
         value = metrics.get(key)
         return float(value) if isinstance(value, (int, float)) else float("nan")
 
+    ev_low = num("ev_gate_mean_return") - 2 * num("ev_gate_mean_return_se")  # mean - 2 SE
     checks = [
         check("min_auc", num("auc"), gates.min_auc, num("auc") >= gates.min_auc),
         check("max_ece", num("ece"), gates.max_ece, num("ece") <= gates.max_ece),
         check("min_brier_skill", num("brier_skill"), gates.min_brier_skill, num("brier_skill") >= gates.min_brier_skill),
         check("min_trades", num("ev_gate_trades"), gates.min_trades, num("ev_gate_trades") >= gates.min_trades),
-        # With no gated trades the mean return is undefined: it passes only if zero trades are allowed.
-        check("min_ev_return", num("ev_gate_mean_return"), gates.min_ev_return,
-              num("ev_gate_mean_return") > gates.min_ev_return
+        # The mean must clear the threshold by two standard errors (a positive mean over a
+        # handful of trades is noise). With no gated trades the mean is undefined: it passes
+        # only if zero trades are allowed.
+        check("min_ev_return", ev_low, gates.min_ev_return, ev_low > gates.min_ev_return
               or (num("ev_gate_trades") == 0 and gates.min_trades == 0)),
     ]
     # The backtest gate (filled by retrain): present only when a backtest was recorded.

@@ -42,8 +42,9 @@ from filelock import FileLock, Timeout
 from ml import tracking
 from ml.bundle import load_bundle
 from ml.config import MLConfig
+from ml.data import DataError, candle_dates
 from ml.dataset import build_dataset
-from ml.metrics import evaluate
+from ml.metrics import block_bootstrap_mean_se, evaluate
 from ml.registry import RegistryError, open_registry, run_gates
 from ml.train import TrainRequest, train
 
@@ -66,6 +67,20 @@ def _ns(ts: pd.Timestamp) -> np.datetime64:
 
 def _day(ts: pd.Timestamp) -> str:
     return f"{ts:%Y%m%d}"
+
+
+def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def paired_gain(champion_loss: np.ndarray, challenger_loss: np.ndarray, times: np.ndarray,
+                block: np.timedelta64) -> dict[str, float]:
+    """Mean per-row log-loss improvement of the challenger over the champion on the same rows,
+    with a block-bootstrap SE (blocks as long as the label horizon: neighbouring rows share
+    their outcome)."""
+    diff = champion_loss - challenger_loss
+    return {"mean": float(diff.mean()), "se": block_bootstrap_mean_se(diff, times, block)}
 
 
 class Retrain:
@@ -102,13 +117,12 @@ class Retrain:
             self.notes.append(note)
 
     def data_end(self) -> pd.Timestamp:
-        ends = []
-        for pair in self.ft["pairs"]:
-            path = Path(self.ft["datadir"]) / f"{pair.replace('/', '_')}-{self.ft['timeframe']}.{self.ft['data_format']}"
-            if path.is_file():
-                ends.append(pd.read_feather(path, columns=["date"])["date"].max())
+        """The newest stored candle over the pairs, read in the config's data format."""
+        ends = [dates.max() for pair in self.ft["pairs"]
+                if len(dates := candle_dates(self.ft["datadir"], pair, self.ft["timeframe"], self.ft["data_format"]))]
         if not ends:
-            raise RuntimeError(f"No candles for {self.ft['pairs']} in {self.ft['datadir']}")
+            raise DataError(f"No {self.ft['timeframe']} candles ({self.ft['data_format']}) for {self.ft['pairs']} in "
+                            f"{self.ft['datadir']}: download them (`ftml retrain --download` or freqtrade download-data).")
         return pd.Timestamp(max(ends))
 
     def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
@@ -117,18 +131,23 @@ class Retrain:
         keep = (data.times > _ns(start)) & (data.times <= _ns(end))
         return data.take(np.flatnonzero(keep))
 
-    def score(self, bundle_dir: Path, rows) -> dict[str, Any]:
+    @property
+    def horizon_span(self) -> np.timedelta64:
+        return (pd.Timedelta(self.ft["timeframe"]) * self.cfg.label.horizon).as_unit("ns").to_timedelta64()
+
+    def score(self, bundle_dir: Path, rows) -> tuple[dict[str, Any], np.ndarray]:
+        """Window metrics of one model, and its per-row log loss (for the paired comparison)."""
         bundle = load_bundle(bundle_dir)
         X = rows.X[bundle.feature_names].to_numpy(dtype=np.float64)
         p_raw = bundle.predict_raw(X)
         p = bundle.calibrator.transform(p_raw)
-        horizon = (pd.Timedelta(self.ft["timeframe"]) * self.cfg.label.horizon).as_unit("ns").to_timedelta64()
-        report = evaluate(rows.y, p_raw, p, rows.realised, rows.take_profit, rows.stop_loss, self.cfg.label.fee,
-                          self.cfg.gate.ev_margin, rows.times, horizon, min_trades=self.cfg.gate.min_trades)
-        return {"rows": report["rows"], "log_loss": report["log_loss"], "brier": report["brier"], "auc": report["auc"],
-                "ece": report["calibrated"]["ece"], "mean_p": report["mean_p"], "hit_rate": report["base_rate"],
-                "ev_gate_trades": report["ev_gate"]["gated"]["trades"],
-                "ev_gate_mean_return": report["ev_gate"]["gated"]["mean_return"]}
+        report = evaluate(rows.y, p_raw, p, rows.realised, bundle.outcome_returns(), self.cfg.gate.ev_margin,
+                          rows.times, self.horizon_span, rows.label_end, rows.pairs, min_trades=self.cfg.gate.min_trades)
+        summary = {"rows": report["rows"], "log_loss": report["log_loss"], "brier": report["brier"], "auc": report["auc"],
+                   "ece": report["calibrated"]["ece"], "mean_p": report["mean_p"], "hit_rate": report["base_rate"],
+                   "ev_gate_trades": report["ev_gate"]["gated"]["trades"],
+                   "ev_gate_mean_return": report["ev_gate"]["gated"]["mean_return"]}
+        return summary, row_log_loss(rows.y, p)
 
     def backtest(self, bundle_dir: Path, start: pd.Timestamp, end: pd.Timestamp, label: str) -> dict[str, Any]:
         """A real offline freqtrade backtest of the gated strategy with this model as production."""
@@ -203,10 +222,12 @@ class Retrain:
         # ---- same window, both models
         rows = self._timed("window_rows", self.window_rows, start, end)
         summary["window_rows"] = len(rows)
-        scores = {"challenger": self.score(bundle_dir, rows)}
+        scores, losses = {}, {}
+        scores["challenger"], losses["challenger"] = self.score(bundle_dir, rows)
         champion_dir = self.registry.version_dir(champion) if champion else None
         if champion_dir:
-            scores["champion"] = self.score(champion_dir, rows)
+            scores["champion"], losses["champion"] = self.score(champion_dir, rows)
+            scores["gain"] = paired_gain(losses["champion"], losses["challenger"], rows.times, self.horizon_span)
         summary["scores"] = scores
         backtests: dict[str, Any] = {}
         if self.cfg.retrain.backtest:
@@ -230,10 +251,14 @@ class Retrain:
         gates = run_gates(trained["test"], self.cfg.gate, backtest_gate)
         reasons += [f"gate {c['name']} failed ({c['value']} vs {c['threshold']})" for c in gates["checks"] if not c["passed"]]
         if "champion" in scores:
-            gain = scores["champion"]["log_loss"] - scores["challenger"]["log_loss"]
-            if not gain > self.cfg.retrain.min_logloss_gain:
+            # The paired per-row difference, with a block-bootstrap SE: a gain smaller than
+            # two SE is noise, and promoting on noise churns models for nothing.
+            gain = scores["gain"]
+            needed = max(self.cfg.retrain.min_logloss_gain, 2 * gain["se"])
+            if not gain["mean"] > needed:
                 reasons.append(f"window log loss {scores['challenger']['log_loss']:.5f} does not beat the champion's "
-                               f"{scores['champion']['log_loss']:.5f} by > {self.cfg.retrain.min_logloss_gain}")
+                               f"{scores['champion']['log_loss']:.5f}: paired gain {gain['mean']:.5f} is not above "
+                               f"{needed:.5f} (max of min_logloss_gain and 2 SE {gain['se']:.5f})")
         decision = "promoted" if not reasons else ("kept" if summary["champion"] else "not promoted")
         if self.dry_run:
             summary["would"] = decision
@@ -261,6 +286,22 @@ class Retrain:
         return summary
 
 
+def _read_owner(owner: Path) -> dict[str, Any]:
+    """Who holds the lock; {} when the file is missing, half-written or not ours to parse."""
+    try:
+        holder = json.loads(owner.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_owner(owner: Path, holder: dict[str, Any]) -> None:
+    """Temp file + os.replace: a concurrent reader sees the old file or the new one, never half."""
+    tmp = owner.with_name(f".{owner.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(holder))
+    os.replace(tmp, owner)
+
+
 def _setup_log(user_data: Path) -> logging.Handler:
     logs = user_data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -283,18 +324,17 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
     try:
         lock.acquire()
     except Timeout:
-        holder = json.loads(owner.read_text()) if owner.is_file() else {}
+        holder = _read_owner(owner)
         logger.info("Another retrain holds the lock (pid %s since %s): nothing to do.", holder.get("pid"), holder.get("started"))
         logging.getLogger().removeHandler(handler)
         return {"decision": "locked", "holder": holder}
     notes = []
     try:
-        if owner.is_file():
-            previous = json.loads(owner.read_text() or "{}")
-            if previous.get("pid") and not _pid_alive(previous["pid"]):
-                notes.append(f"recovered a stale lock left by pid {previous['pid']} (started {previous.get('started')})")
-                logger.warning(notes[-1])
-        owner.write_text(json.dumps({"pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds")}))
+        previous = _read_owner(owner)
+        if isinstance(previous.get("pid"), int) and not _pid_alive(previous["pid"]):
+            notes.append(f"recovered a stale lock left by pid {previous['pid']} (started {previous.get('started')})")
+            logger.warning(notes[-1])
+        _write_owner(owner, {"pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds")})
         job = Retrain(config_path, cfg, ft, dry_run, download)
         job.notes.extend(notes)
         summary = job.run()

@@ -4,9 +4,12 @@ A subclass names a base signal (``signal_name``) from ``ml.signals``. Each candl
 
 * the FeatureEngineer's features (one vectorised transform of the whole frame);
 * ``ml_proba``: the production model's calibrated P(win), for the whole frame at once;
-* ``ml_ev = p*tp - (1-p)*sl - fee`` with the barriers the model was trained on;
-* ``enter_long`` = base signal AND ``ml_ev > ev_margin`` (a hyperoptable buy parameter)
-  AND the candle is after the model's ``train_end`` + embargo (in-sample guard).
+* ``ml_ev = p*E[r | win] + (1-p)*E[r | loss]``, the mean realised returns of wins and
+  losses measured on the model's calibration block (stored with the model);
+* ``enter_long`` = base signal AND ``ml_ev > ev_margin`` AND the candle is after the
+  model's ``train_end`` + embargo (in-sample guard). ``ev_margin`` is a hyperoptable buy
+  parameter whose default is ``ml.gate.ev_margin`` from config.json, the same margin
+  training scored the EV gate at; a hyperopt parameter file overrides it (logged).
 
 Exits use the model's own barriers: ROI = take-profit, stoploss = stop-loss, and a time
 exit after ``horizon`` candles, so what was predicted is what is traded.
@@ -14,7 +17,9 @@ exit after ``horizon`` candles, so what was predicted is what is traded.
 It **fails closed**: no model, a bad checksum, a feature mismatch or a failing
 prediction means no entries (one log line per cause), while open trades keep their
 exits. In dry-run/live it notices a newly promoted model with one stat() per new candle
-and switches without a restart; a broken new model is refused and the old one kept.
+and switches without a restart. If production moves (promotion or rollback) to a version
+that cannot be loaded, the gate closes: the bot never keeps trading a model the operator
+pulled. A refused version is logged once and not re-hashed until registry.json changes.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import pandas as pd
 from freqtrade.enums import RunMode
 from freqtrade.strategy import DecimalParameter, IStrategy
 
+from ml.bundle import outcome_returns_of
 from ml.config import from_dict
 from ml.errors import FtmlError
 from ml.features import FeatureEngineer
 from ml.metrics import expected_value
-from ml.predictor import ProductionModel
+from ml.predictor import ProductionModel, stat_key
+from ml.registry import open_registry
 from ml.signals import SIGNAL_STARTUP_CANDLES, get_signal, time_exit_due
 
 logger = logging.getLogger(__name__)
@@ -71,9 +78,14 @@ class MLGatedStrategy(IStrategy):
         self.model: ProductionModel | None = None
         self.model_name = self.model_name or self.signal_name
         self.horizon = self.ml.label.horizon
-        self._apply_barriers(self.ml.label.model_dump(), loaded=False)
+        self._apply_barriers({"label": self.ml.label.model_dump()}, loaded=False)
         self._said: set[str] = set()
         self._last_check: pd.Timestamp | None = None
+        self._registry = open_registry(self.ml.registry.path)
+        self._seen_key = stat_key(self._registry.index)  # registry.json as last looked at
+        # One source for the margin: config.json's ml.gate.ev_margin is the default that
+        # freqtrade's parameter loading starts from (a hyperopt params file still wins).
+        self.buy_params = {"ev_margin": self.ml.gate.ev_margin, **getattr(self, "buy_params", {})}
 
     # ------------------------------------------------------------------ model lifecycle
     def _say(self, key: str, message: str, *args, level: int = logging.WARNING) -> None:
@@ -82,7 +94,10 @@ class MLGatedStrategy(IStrategy):
             self._said.add(key)
             logger.log(level, message, *args)
 
-    def _apply_barriers(self, label: dict[str, Any], loaded: bool = True) -> None:
+    def _apply_barriers(self, entry: dict[str, Any], loaded: bool = True) -> None:
+        """Exits and EV inputs from a registry entry (or {"label": config label} before one)."""
+        label = entry["label"]
+        self.outcome = outcome_returns_of(entry)
         self.take_profit, self.stop_loss = float(label["take_profit"]), float(label["stop_loss"])
         self.fee, self.horizon = float(label["fee"]), int(label["horizon"])
         # Before freqtrade's resolver runs, minimal_roi has config-style string keys; after
@@ -106,7 +121,7 @@ class MLGatedStrategy(IStrategy):
     def bot_start(self, **kwargs) -> None:
         self.model = self._try_load()
         if self.model is not None:
-            self._apply_barriers(self.model.label)
+            self._use(self.model)
             logger.info("ML gate: %s v%s (trained to %s); exits: take-profit %.2f%%, stop-loss %.2f%%, "
                         "time exit after %d candles.", self.model.name, self.model.version, self.model.train_end,
                         100 * self.take_profit, 100 * self.stop_loss, self.horizon)
@@ -114,30 +129,60 @@ class MLGatedStrategy(IStrategy):
             logger.warning("IN-SAMPLE GUARD OFF (ml.gate.in_sample_guard = false): entries are allowed on "
                            "candles the model was trained on; backtest results on them are optimistic.")
 
+    def _use(self, model: ProductionModel) -> None:
+        self.model = model
+        self._apply_barriers(model.entry)
+        scored_at = model.entry.get("ev_margin")
+        margin = float(self.ev_margin.value)
+        logger.info("ML gate: entering where EV = p*%.4f + (1-p)*%.4f > %.4f.", self.outcome["win"],
+                    self.outcome["loss"], margin)
+        if scored_at is not None and abs(float(scored_at) - margin) > 1e-12:
+            self._say(f"margin:{model.version}:{margin}", "ML gate: trading at ev_margin %.4f, but %s v%s was "
+                      "validated at %.4f (ml.gate.ev_margin when it was trained); its gate results describe that "
+                      "margin.", margin, model.name, model.version, float(scored_at))
+
+    def _close(self, message: str, *args) -> None:
+        """Stop entering (open trades keep their exits). Called only when registry.json
+        changed, so this logs once per change, not once per candle."""
+        self.model = None
+        logger.warning(message, *args)
+
     def _maybe_reload(self, last_candle: pd.Timestamp) -> None:
-        """Live/dry-run only: one stat() per new candle; switch when production moved."""
+        """Live/dry-run only: one stat() per new candle; act only when registry.json changed.
+
+        Production moved to a version that loads -> switch. Moved to one that cannot be
+        loaded, or to none -> close the gate: the operator pulled the old model, so the bot
+        must not go on trading it. Nothing is re-read or re-hashed until the file changes
+        again, so a refused version costs one log line, not one per candle.
+        """
         if self.config.get("runmode") not in LIVE_MODES or last_candle == self._last_check:
             return
         self._last_check = last_candle
-        if self.model is not None and not self.model.changed():
+        key = stat_key(self._registry.index)
+        if key == self._seen_key:
             return
-        if self.model is not None and not self.model.production_moved():
-            self.model = self._try_load() or self.model  # same version; refresh the stat key
+        self._seen_key = key
+        try:
+            production = self._registry.read()["models"].get(self.model_name, {}).get("production")
+        except Exception as err:  # a corrupt or hostile registry.json must not keep a pulled model live
+            self._close("ML gate closed for %s: registry.json cannot be read (%s); no entries until it is fixed. "
+                        "Open trades keep their exits.", self.model_name, err)
             return
-        if self.model is not None and self.model.production_id() is None:
-            logger.warning("ML gate closed: %s has no production version any more (rolled back or archived); "
-                           "no entries until one is promoted. Open trades keep their exits.", self.model_name)
-            self.model = None
+        if self.model is not None and production == self.model.version:
+            self.model.stat_key = key  # rewritten, same production: nothing to load
             return
-        fresh = self._try_load()
-        if fresh is None:
-            if self.model is not None:
-                logger.warning("ML gate: the new production model of %s could not be loaded; keeping v%s.",
-                               self.model_name, self.model.version)
+        if production is None:
+            self._close("ML gate closed: %s has no production version any more (rolled back, archived or disabled); "
+                        "no entries until one is promoted. Open trades keep their exits.", self.model_name)
             return
         old = self.model.version if self.model else None
-        self.model = fresh
-        self._apply_barriers(fresh.label)
+        fresh = self._try_load()
+        if fresh is None:
+            self._close("ML gate closed: production of %s moved to v%s, which cannot be loaded (see above); no "
+                        "entries, v%s is NOT traded any more. Open trades keep their exits.", self.model_name,
+                        production, old)
+            return
+        self._use(fresh)
         logger.info("ML gate: switched %s from v%s to v%s without a restart.", self.model_name, old, fresh.version)
 
     # ------------------------------------------------------------------ freqtrade hooks
@@ -148,7 +193,7 @@ class MLGatedStrategy(IStrategy):
             self._maybe_reload(dataframe["date"].iloc[-1])
         proba, blocked = self._predict(dataframe, metadata.get("pair", "?"))
         dataframe["ml_proba"] = proba
-        dataframe["ml_ev"] = expected_value(proba, self.take_profit, self.stop_loss, self.fee)
+        dataframe["ml_ev"] = expected_value(proba, self.outcome["win"], self.outcome["loss"])
         dataframe["ml_blocked"] = blocked
         return dataframe
 

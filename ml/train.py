@@ -24,7 +24,7 @@ from ml.bundle import save_bundle
 from ml.config import MLConfig
 from ml.dataset import Dataset, build_dataset
 from ml.features import FeatureEngineer, correlation_prune
-from ml.metrics import evaluate, trial_spread
+from ml.metrics import evaluate, outcome_returns, trial_spread
 from ml.models import available_cores
 from ml.splits import PurgedWalkForward, chronological_split, purge_gap
 from ml.tuning import TuningData, best_params, finished, fit_family, run_study
@@ -103,13 +103,16 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
                        np.arange(len(train_block)), n_jobs, t.seed)
     p_calib_raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
     calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
+    # What a win and a loss really return (fees and time exits included), measured where the
+    # calibrator was fitted: the EV gate's inputs, stored with the model.
+    outcome = outcome_returns(calib_block.y, calib_block.realised)
 
     # ---- one look at the test block
     p_test_raw = model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64))
     p_test = calibrator.transform(p_test_raw)
     horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
-    report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, test_block.take_profit,
-                      test_block.stop_loss, cfg.label.fee, cfg.gate.ev_margin, test_block.times, horizon_span,
+    report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, outcome, cfg.gate.ev_margin,
+                      test_block.times, horizon_span, test_block.label_end, test_block.pairs,
                       fitted_base_rate=float(np.concatenate([train_block.y, calib_block.y]).mean()),
                       min_trades=cfg.gate.min_trades)
     trials = study.get_trials(deepcopy=False)
@@ -148,6 +151,10 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "startup_candles": engineer.startup_candles,
         "label": cfg.label.model_dump(),
         "signal": signal,
+        # EV = p*win + (1-p)*loss per side; the strategy gates at the same margin the test
+        # block's EV gate was scored at.
+        "outcome_returns": {"long": outcome},
+        "ev_margin": cfg.gate.ev_margin,
         "pairs": sorted(data.info["pairs"]),
         "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
         # The newest candle any fitted part (model or calibrator) depended on.
@@ -187,7 +194,9 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "mean_p": report["mean_p"], "ece": cal["ece"], "ece_raw": report["raw"]["ece"],
         "ece_noise_band_90": cal["ece_noise_band_90"], "calibration_in_the_large": cal["calibration_in_the_large"],
         "spiegelhalter_z": cal["spiegelhalter_z"], "ev_gate_trades": gate["gated"]["trades"],
-        "ev_gate_mean_return": gate["gated"]["mean_return"], "all_signals_trades": gate["all_signals"]["trades"],
+        "ev_gate_mean_return": gate["gated"]["mean_return"],
+        "ev_gate_mean_return_se": gate["gated"]["mean_return_se"], "ev_gate_signal_rows": gate["gated"]["signal_rows"],
+        "all_signals_trades": gate["all_signals"]["trades"],
         "all_signals_mean_return": gate["all_signals"]["mean_return"], "edge": report["verdict"]["edge"],
     }
 

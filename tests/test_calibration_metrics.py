@@ -4,9 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.calibration import calibration_curve
 
 from ml import calibration
+from ml.config import GateSettings
 from ml.metrics import (
+    barrier_outcome_returns,
     calibration_in_the_large,
     ece,
     ece_noise_band,
@@ -14,9 +17,12 @@ from ml.metrics import (
     ev_gate_simulation,
     evaluate,
     expected_value,
+    non_overlapping,
+    outcome_returns,
     reliability_table,
     spiegelhalter_z,
 )
+from ml.registry import run_gates
 
 RNG = np.random.default_rng(42)
 
@@ -95,22 +101,82 @@ def test_miscalibration_is_detected():
     assert ece(y, p_raw) > 0.05 and abs(spiegelhalter_z(y, p_raw)) > 5
 
 
-def test_ev_gate_uses_the_design_formula():
-    assert expected_value(np.array([0.6]), 0.03, 0.03, 0.002)[0] == pytest.approx(0.6 * 0.03 - 0.4 * 0.03 - 0.002)
-    p = np.array([0.40, 0.55, 0.70])
-    realised = np.array([-0.032, 0.03, 0.03])
-    sim = ev_gate_simulation(p, realised, 0.03, 0.03, 0.002)
-    assert sim["gated"]["trades"] == 2 and sim["all_signals"]["trades"] == 3
-    assert sim["gated"]["mean_return"] == pytest.approx(0.03)
+def test_ev_is_the_mean_realised_return_of_trades_that_win_with_probability_p():
+    """Simulate trades whose true win probability is p: wins earn the take-profit net of fees,
+    losses are stop-losses (-sl - fee) or time exits near zero. The EV of p must equal their
+    mean realised return. The old formula (p*tp - (1-p)*sl - fee) charged the fee twice on
+    wins and priced every time exit as a full stop-loss: -0.002 here instead of +0.007."""
+    n, p = 400_000, 0.5
+    won = RNG.random(n) < p
+    timed_out = RNG.random(n) < 0.5
+    realised = np.where(won, 0.03, np.where(timed_out, RNG.normal(0.0, 0.004, n), -0.032))
+    outcome = outcome_returns(won, realised)
+    assert expected_value(np.array([p]), outcome["win"], outcome["loss"])[0] == pytest.approx(realised.mean(), abs=3e-4)
+    assert realised.mean() == pytest.approx(0.007, abs=3e-4)
+
+
+def test_fixed_barrier_break_even_counts_the_fee_once():
+    # A win earns tp net of fees (freqtrade's ROI is net), a loss costs sl + fee:
+    # break-even p = 0.032 / 0.062 = 0.516, not the 0.533 of a fee charged twice.
+    outcome = barrier_outcome_returns(0.03, 0.03, 0.002)
+    assert expected_value(np.array([0.032 / 0.062]), outcome["win"], outcome["loss"])[0] == pytest.approx(0.0)
+    assert expected_value(np.array([0.52]), outcome["win"], outcome["loss"])[0] > 0
+
+
+def test_tied_predictions_share_a_bin_whatever_their_order_in_time():
+    """A constant forecast of 0.5 on outcomes that are half wins is right on average; sorted
+    in time (losses first) the old equal-count bins split the ties into 0-only and 1-only
+    bins and scored ECE 0.5."""
+    p = np.full(2000, 0.5)
+    y = np.r_[np.zeros(1000), np.ones(1000)]
+    assert ece(y, p) == pytest.approx(0.0)
+    (row,) = reliability_table(y, p)
+    assert row["count"] == 2000
+
+
+def test_reliability_bins_match_sklearn_quantile_calibration_curve():
+    p = np.round(RNG.uniform(0.2, 0.8, 5000), 2)  # many ties
+    y = (RNG.random(5000) < p).astype(float)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
+    table = reliability_table(y, p)
+    assert np.allclose([r["hit_rate"] for r in table], prob_true)
+    assert np.allclose([r["mean_p"] for r in table], prob_pred)
+
+
+def test_ev_gate_counts_trades_a_bot_could_make_not_overlapping_rows():
+    # One pair, a signal on every hourly candle for 100 hours, each trade's outcome known 24 h
+    # later: a bot with one position per pair makes 4 trades (t = 0, 25, 50, 75), not 100.
+    times = np.datetime64("2024-01-01T00:00") + np.arange(100) * np.timedelta64(1, "h")
+    label_end = times + np.timedelta64(24, "h")
+    pairs = np.array(["A/B"] * 100)
+    keep = non_overlapping(times, label_end, pairs)
+    assert np.flatnonzero(keep).tolist() == [0, 25, 50, 75]
+    both = non_overlapping(np.r_[times, times], np.r_[label_end, label_end], np.r_[pairs, np.array(["C/D"] * 100)])
+    assert both.sum() == 8  # pairs trade independently
+    sim = ev_gate_simulation(np.full(100, 0.9), np.full(100, 0.01), 0.03, -0.03, 0.0, times, label_end, pairs)
+    assert sim["gated"]["trades"] == 4 and sim["gated"]["signal_rows"] == 100
+
+
+def test_a_positive_mean_within_two_standard_errors_is_not_an_edge():
+    report = {"auc": 0.6, "auc_se": 0.01, "brier_skill": 0.02,
+              "ev_gate": {"gated": {"trades": 100, "mean_return": 0.001, "mean_return_se": 0.002}}}
+    assert edge_verdict(report, min_trades=30)["label"] == "no edge"
+    assert "2 SE" in edge_verdict(report, min_trades=30)["reasons"][0]
+    report["ev_gate"]["gated"]["mean_return_se"] = 0.0004
+    assert edge_verdict(report, min_trades=30)["label"] == "edge"
+    metrics = {"auc": 0.6, "ece": 0.01, "brier_skill": 0.01, "ev_gate_trades": 100, "ev_gate_mean_return": 0.001,
+               "ev_gate_mean_return_se": 0.002}
+    gates = run_gates(metrics, GateSettings())
+    assert not next(c for c in gates["checks"] if c["name"] == "min_ev_return")["passed"]
 
 
 def test_edge_verdict_needs_auc_skill_and_profitable_gated_trades():
     y = (RNG.random(4000) < 0.5).astype(float)
     p = np.full(4000, 0.5) + RNG.normal(0, 0.01, 4000)
-    report = evaluate(y, p, p, RNG.normal(0, 0.03, 4000), 0.03, 0.03, 0.002)
+    report = evaluate(y, p, p, RNG.normal(0, 0.03, 4000), {"win": 0.03, "loss": -0.032})
     assert report["verdict"]["label"] == "no edge" and len(report["verdict"]["reasons"]) >= 2
     fake = {"auc": 0.6, "auc_se": 0.01, "brier_skill": 0.02,
-            "ev_gate": {"gated": {"trades": 10, "mean_return": 0.01}}}
+            "ev_gate": {"gated": {"trades": 10, "mean_return": 0.01, "mean_return_se": 0.001}}}
     assert edge_verdict(fake, min_trades=30)["label"] == "no edge"
     fake["ev_gate"]["gated"]["trades"] = 100
     assert edge_verdict(fake, min_trades=30)["label"] == "edge"
