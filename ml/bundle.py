@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml import calibration
+from ml import calibration, jsonsafe
 from ml.errors import FtmlError
 from ml.metrics import barrier_outcome_returns
 from ml.models import FAMILIES, FittedModel, load_model
@@ -80,11 +80,11 @@ def save_bundle(folder: Path, model: FittedModel, calibrator: calibration.Calibr
     folder.mkdir(parents=True, exist_ok=True)
     files = model.save(folder)
     (folder / CALIBRATOR).write_text(calibration.to_json(calibrator))
-    (folder / METRICS).write_text(json.dumps(metrics, indent=2, default=str))
+    (folder / METRICS).write_text(jsonsafe.dumps(metrics, indent=2))
     manifest = {**manifest, "format": BUNDLE_FORMAT, "family": model.family, "params": model.params,
                 "best_iteration": model.best_iteration, "model_files": files,
                 "calibrator_file": CALIBRATOR, "metrics_file": METRICS}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    (folder / MANIFEST).write_text(jsonsafe.dumps(manifest, indent=2))
     return [*files, CALIBRATOR, METRICS, MANIFEST]
 
 

@@ -8,13 +8,13 @@ freqtrade's own exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from ml import config as mlconfig
+from ml import jsonsafe
 from ml.errors import FtmlError
 
 EXIT_OK, EXIT_FAILURE = 0, 1  # user-fixable errors exit with FtmlError.exit_code (2)
@@ -60,7 +60,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         raise UserError(f"No pairs to check in {datadir} at {timeframe}: pass --pairs, or --pairs all.")
     _, report = load_candles(datadir, pairs, timeframe, args.timerange, data_format, args.min_candles)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(jsonsafe.dumps(report.to_dict()))
     else:
         print_data_report(report)
     return EXIT_FAILURE if (args.fail_on_issues and not report.ok) else EXIT_OK
@@ -87,14 +87,14 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "files": [str(f) for f in files],
     }
-    print(json.dumps(summary))
+    print(jsonsafe.dumps(summary))
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- config
 def cmd_config_show(args: argparse.Namespace) -> int:
     cfg = mlconfig.load(args.config)
-    print(json.dumps(cfg.model_dump(), indent=2))
+    print(jsonsafe.dumps(cfg.model_dump(), indent=2))
     return EXIT_OK
 
 
@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             summary["bundle"], cfg.model.name, notes=f"ftml train, study {request.study}")
         summary["registered"] = {"name": entry["name"], "version": entry["id"], "status": entry["status"],
                                  "store": cfg.registry.path}
-    print(json.dumps(summary, default=str))
+    print(jsonsafe.dumps(summary))
     return EXIT_OK
 
 
@@ -169,7 +169,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     ft = freqtrade_settings(args.config)
     report = run_drift(cfg, ft, args.model or cfg.model.name, args.window_days or cfg.retrain.window_days)
     if args.json:
-        print(json.dumps(report, default=str))
+        print(jsonsafe.dumps(report))
     else:
         print_drift(report)
     return EXIT_OK
@@ -181,7 +181,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     cfg = mlconfig.load(args.config)
     summary = run_retrain(args.config, cfg, freqtrade_settings(args.config), args.dry_run, args.download)
-    print(json.dumps(summary, default=str))
+    print(jsonsafe.dumps(summary))
     return EXIT_OK
 
 

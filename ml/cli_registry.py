@@ -9,13 +9,13 @@ lock held too long) and nothing was changed.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from ml import config as mlconfig
+from ml import jsonsafe
 from ml.registry import Registry, RegistryError, open_registry
 
 EXIT_OK, EXIT_FAILED_CHECK = 0, 1
@@ -30,7 +30,7 @@ def _registry(args) -> tuple[Registry, mlconfig.MLConfig]:
 
 def _emit(args, data: Any, render) -> None:
     if args.json:
-        print(json.dumps(data, default=str))
+        print(jsonsafe.dumps(data))
     else:
         render(Console(), data)
 

@@ -27,6 +27,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from ml import jsonsafe
 from ml.cli import freqtrade_settings
 from ml.config import read_json
 from ml.data import DataError, available_pairs, candle_dates
@@ -77,7 +78,7 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     ml["training"] = {**ml.get("training", {}), "signal": None, "trials": trials,
                       "families": ["lightgbm", "logistic"]}
     (demo / "user_data").mkdir(exist_ok=True)
-    (demo / "config.json").write_text(json.dumps(cfg, indent=1))
+    (demo / "config.json").write_text(jsonsafe.dumps(cfg, indent=1))
     return demo, synthetic, ft
 
 
@@ -127,7 +128,7 @@ def run_demo(config_path: str) -> int:
     stats = load_backtest_stats(export)["strategy"]
     summary = _summary(trained, gates, promoted, stats, synthetic, demo)
     _print_summary(console, summary)
-    print(json.dumps(summary, default=str))
+    print(jsonsafe.dumps(summary))
     return 0
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from ml.bundle import Bundle, load_bundle
 from ml.features import FeatureEngineer
 from ml.registry import IntegrityError, Registry, RegistryError, open_registry
+from ml.smoke import smoke_test
 
 
 class FeatureMismatch(RegistryError):
@@ -98,6 +99,9 @@ class ProductionModel:
         if train_end is None:
             raise IntegrityError(f"Refusing {name} v{entry['id']}: train_end {entry.get('train_end')!r} is not a "
                                  "timezone-aware date, so the in-sample guard could not work; re-register the model.")
+        why = smoke_test(registry.version_dir(entry), entry["files"], registry.root)
+        if why:
+            raise IntegrityError(f"Refusing {name} v{entry['id']}: {why}")
         bundle = load_bundle(registry.version_dir(entry))
         if bundle.feature_set_id != entry.get("feature_set_id"):
             raise IntegrityError(f"Refusing {name} v{entry['id']}: bundle.json and registry.json disagree "

@@ -35,12 +35,17 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ml import registry_schema
 from ml.errors import FtmlError
+from ml.jsonsafe import json_safe
 
 SCHEMA_VERSION = 1
 INDEX = "registry.json"
 STATUSES = ("staged", "production", "archived", "failed")
 LOCK_TIMEOUT_S = 60.0
+# No model, calibrator or plot of ours comes near this; a larger file is refused at
+# registration and at load (a hostile or broken file must not exhaust a bot's memory).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class RegistryError(FtmlError):
@@ -138,7 +143,16 @@ class Registry:
             doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise RegistryError(f"{self.index} is not valid JSON ({err}); restore it from a backup") from None
-        return migrate(doc, str(self.index))
+        except RecursionError:
+            raise RegistryError(f"{self.index} is nested too deeply to be a registry; restore it from a backup") from None
+        if not isinstance(doc, dict):
+            raise RegistryError(f"{self.index}: the top level must be an object; restore it from a backup")
+        doc = migrate(doc, str(self.index))
+        found = registry_schema.problems(doc)
+        if found:
+            raise RegistryError(f"{self.index} is not a valid registry ({'; '.join(found[:3])}); fix that entry or "
+                                "restore a backup. Nothing was changed.")
+        return doc
 
     def model(self, name: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
         check_model_name(name)
@@ -190,7 +204,10 @@ class Registry:
             folder = self.version_dir(entry)
         except IntegrityError as err:
             return [str(err)]
-        for rel, digest in sorted(entry.get("files", {}).items()):
+        files = entry.get("files")
+        if not isinstance(files, dict) or not files:
+            return [f"{folder}: the registry lists no file hashes for this version, so nothing can be verified"]
+        for rel, digest in sorted(files.items()):
             try:
                 path = self.safe_path(f"{entry['path']}/{rel}")
             except IntegrityError as err:
@@ -198,6 +215,8 @@ class Registry:
                 continue
             if not path.is_file():
                 problems.append(f"{path}: missing")
+            elif path.stat().st_size > MAX_FILE_BYTES:
+                problems.append(f"{path}: over the {MAX_FILE_BYTES} byte ceiling")
             elif sha256_file(path) != digest:
                 problems.append(f"{path}: sha256 mismatch (the file was changed after registration)")
         if not folder.is_dir():
@@ -214,7 +233,7 @@ class Registry:
                 result = change(doc)
                 tmp = self.root / f".{INDEX}.{os.getpid()}.tmp"
                 with open(tmp, "w") as f:
-                    json.dump(doc, f, indent=1, sort_keys=True)
+                    json.dump(json_safe(doc), f, indent=1, sort_keys=True, allow_nan=False)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.index)
@@ -304,6 +323,7 @@ class Registry:
         """Make a validated version production; the previous one is archived."""
         if force and not reason:
             raise RegistryError("--force needs --reason: say why an unvalidated model goes live")
+        self.smoke(name, version)
 
         def change(doc):
             model = self.model(name, doc)
@@ -315,6 +335,9 @@ class Registry:
                 state = "has not been validated" if not entry.get("gates") else "failed its gates"
                 raise RegistryError(f"{name} v{version} {state}; run `ftml registry validate {name} {version}`, "
                                     "or promote with --force --reason")
+            problems = self.verify_version(entry)
+            if problems:
+                raise IntegrityError(f"Refusing to promote {name} v{version}: " + "; ".join(problems))
             previous = model.get("production")
             if previous is not None:
                 model["versions"][str(previous)]["status"] = "archived"
@@ -328,6 +351,10 @@ class Registry:
 
     def rollback(self, name: str, reason: str = "") -> dict[str, Any]:
         """Restore the previous production version; the current one is archived."""
+        model = self.model(name)
+        target = next((v for v in reversed(model.get("production_history", [])) if str(v) in model["versions"]), None)
+        if target is not None:
+            self.smoke(name, target)
 
         def change(doc):
             model = self.model(name, doc)
@@ -337,6 +364,9 @@ class Registry:
             if not history:
                 raise RegistryError(f"{name} has no previous production version to roll back to")
             current, back = model.get("production"), history.pop()
+            problems = self.verify_version(model["versions"][str(back)])
+            if problems:
+                raise IntegrityError(f"Refusing to roll {name} back to v{back}: " + "; ".join(problems))
             if current is not None:
                 model["versions"][str(current)]["status"] = "archived"
             model["versions"][str(back)]["status"] = "production"
@@ -345,6 +375,20 @@ class Registry:
             return model["versions"][str(back)]
 
         return self._transaction(change)
+
+    def smoke(self, name: str, version: int) -> None:
+        """Load and predict in a child process (ml.smoke): a model file that crashes the
+        native library is refused here, before any bot loads it. Outside the lock: it
+        takes a second or two; promote re-verifies the hashes inside the lock."""
+        from ml.smoke import smoke_test
+
+        entry = self.version(name, version)
+        problems = self.verify_version(entry)
+        if problems:
+            raise IntegrityError(f"Refusing {name} v{version}: " + "; ".join(problems))
+        why = smoke_test(self.version_dir(entry), entry["files"], self.root)
+        if why:
+            raise IntegrityError(f"Refusing {name} v{version}: {why}")
 
     def archive(self, name: str, version: int, reason: str = "") -> dict[str, Any]:
         def change(doc):
@@ -365,6 +409,11 @@ class Registry:
             if entry["status"] == "production":
                 raise RegistryError(f"{name} v{version} is production and cannot be deleted")
             folder = self.version_dir(entry)
+            # Only ever remove this version's own folder: an entry whose path was edited to
+            # point at another version (or the model folder) must not take that one with it.
+            if folder != (self.root / name / f"v{version}").resolve():
+                raise IntegrityError(f"Refusing to delete {name} v{version}: its path {entry['path']!r} is not "
+                                     f"{name}/v{version}")
             del self.model(name, doc)["versions"][str(version)]
             self._event(doc, "delete", name, version, reason)
             return folder
@@ -424,16 +473,47 @@ def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
         raise RegistryError(f"{path} is not valid JSON: {err}") from None
 
 
+def _bundle_name(rel: Any, bundle_dir: Path) -> str:
+    """A file name a bundle.json lists: a plain relative path inside the bundle folder.
+
+    bundle.json is input we did not write (a bundle can come from anywhere): a listed
+    '../strategies/X.py' would otherwise be copied *into* the store from outside it, or
+    written over files next to it.
+    """
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        raise RegistryError(f"{bundle_dir}/bundle.json lists {rel!r}: file names must be relative paths inside "
+                            "the bundle folder")
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise RegistryError(f"{bundle_dir}/bundle.json lists {rel!r}: '.', '..' and empty parts are refused")
+    probe = bundle_dir
+    for part in parts:
+        probe = probe / part
+        if probe.is_symlink():
+            raise RegistryError(f"{bundle_dir}/bundle.json lists {rel!r}: {probe} is a symlink; copy the real file")
+    return rel
+
+
 def _bundle_files(bundle_dir: Path) -> dict[str, Path]:
     """The files a bundle names (manifest, model, calibrator, metrics, plots); nothing else."""
     manifest = _read_manifest(bundle_dir)
-    names = ["bundle.json", *manifest.get("model_files", []), manifest.get("calibrator_file", "calibrator.json"),
-             manifest.get("metrics_file", "metrics.json"), *manifest.get("plots", {}).values()]
+    plots = manifest.get("plots", {})
+    model_files = manifest.get("model_files", [])
+    if not isinstance(plots, dict) or not isinstance(model_files, list):
+        raise RegistryError(f"{bundle_dir}/bundle.json: 'plots' must be an object and 'model_files' a list")
+    names = ["bundle.json", *model_files, manifest.get("calibrator_file", "calibrator.json"),
+             manifest.get("metrics_file", "metrics.json"), *plots.values()]
+    root = bundle_dir.resolve()
     files = {}
     for rel in names:
-        src = bundle_dir / rel
+        src = bundle_dir / _bundle_name(rel, bundle_dir)
+        if not src.resolve().is_relative_to(root):
+            raise RegistryError(f"{src}: resolves outside the bundle folder {root}")
         if src.is_symlink() or not src.is_file():
             raise RegistryError(f"{src}: missing or not a regular file")
+        if src.stat().st_size > MAX_FILE_BYTES:
+            raise RegistryError(f"{src}: {src.stat().st_size} bytes, over the {MAX_FILE_BYTES} byte ceiling for one "
+                                "artifact file")
         files[rel] = src
     return files
 
