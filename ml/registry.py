@@ -69,6 +69,10 @@ def check_model_name(name: Any) -> str:
     return name
 
 
+class ProductionMoved(RegistryError):
+    """Production changed between reading the champion and promoting a challenger."""
+
+
 # Schema migrations: MIGRATIONS[n] turns a schema-n document into schema n+1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
@@ -319,8 +323,14 @@ class Registry:
 
         return self._transaction(change)
 
-    def promote(self, name: str, version: int, force: bool = False, reason: str = "") -> dict[str, Any]:
-        """Make a validated version production; the previous one is archived."""
+    def promote(self, name: str, version: int, force: bool = False, reason: str = "",
+                expected_production: int | None | str = "any") -> dict[str, Any]:
+        """Make a validated version production; the previous one is archived.
+
+        ``expected_production``: refuse (ProductionMoved) unless production is still that
+        version when the lock is held. Retrain passes the champion it scored against, so an
+        operator's rollback during a long run is never overridden.
+        """
         if force and not reason:
             raise RegistryError("--force needs --reason: say why an unvalidated model goes live")
         self.smoke(name, version)
@@ -339,6 +349,10 @@ class Registry:
             if problems:
                 raise IntegrityError(f"Refusing to promote {name} v{version}: " + "; ".join(problems))
             previous = model.get("production")
+            if expected_production != "any" and previous != expected_production:
+                raise ProductionMoved(f"Not promoting {name} v{version}: production is v{previous} now, not "
+                                      f"v{expected_production} as when this run started (a manual promote or "
+                                      "rollback happened meanwhile); leaving it as the operator set it.")
             if previous is not None:
                 model["versions"][str(previous)]["status"] = "archived"
                 model["production_history"].append(previous)

@@ -45,7 +45,7 @@ from ml.config import MLConfig
 from ml.data import DataError, candle_dates
 from ml.dataset import build_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
-from ml.registry import RegistryError, open_registry, run_gates
+from ml.registry import ProductionMoved, RegistryError, open_registry, run_gates
 from ml.train import TrainRequest, train
 
 logger = logging.getLogger("ftml.retrain")
@@ -81,6 +81,21 @@ def paired_gain(champion_loss: np.ndarray, challenger_loss: np.ndarray, times: n
     their outcome)."""
     diff = champion_loss - challenger_loss
     return {"mean": float(diff.mean()), "se": block_bootstrap_mean_se(diff, times, block)}
+
+
+def logloss_refusal(scores: dict[str, Any], min_gain: float) -> str | None:
+    """Why the challenger's window log loss does not beat the champion's, or None.
+
+    Judged on the paired per-row difference with its block-bootstrap SE: a gain inside two
+    SE is noise, and promoting on noise churns models for nothing.
+    """
+    gain = scores["gain"]
+    needed = max(min_gain, 2 * gain["se"])
+    if gain["mean"] > needed:
+        return None
+    return (f"window log loss {scores['challenger']['log_loss']:.5f} does not beat the champion's "
+            f"{scores['champion']['log_loss']:.5f}: paired gain {gain['mean']:.5f} is not above {needed:.5f} "
+            f"(the larger of min_logloss_gain and 2 SE = {2 * gain['se']:.5f})")
 
 
 class Retrain:
@@ -251,14 +266,9 @@ class Retrain:
         gates = run_gates(trained["test"], self.cfg.gate, backtest_gate)
         reasons += [f"gate {c['name']} failed ({c['value']} vs {c['threshold']})" for c in gates["checks"] if not c["passed"]]
         if "champion" in scores:
-            # The paired per-row difference, with a block-bootstrap SE: a gain smaller than
-            # two SE is noise, and promoting on noise churns models for nothing.
-            gain = scores["gain"]
-            needed = max(self.cfg.retrain.min_logloss_gain, 2 * gain["se"])
-            if not gain["mean"] > needed:
-                reasons.append(f"window log loss {scores['challenger']['log_loss']:.5f} does not beat the champion's "
-                               f"{scores['champion']['log_loss']:.5f}: paired gain {gain['mean']:.5f} is not above "
-                               f"{needed:.5f} (max of min_logloss_gain and 2 SE {gain['se']:.5f})")
+            refusal = logloss_refusal(scores, self.cfg.retrain.min_logloss_gain)
+            if refusal:
+                reasons.append(refusal)
         decision = "promoted" if not reasons else ("kept" if summary["champion"] else "not promoted")
         if self.dry_run:
             summary["would"] = decision
@@ -274,7 +284,12 @@ class Retrain:
         if not reasons:
             result = self.registry.validate(self.name, vid, self.cfg.gate, backtest_gate)
             if result["passed"]:
-                self.registry.promote(self.name, vid, reason="retrain: challenger passed every gate and beat the champion")
+                try:
+                    self.registry.promote(self.name, vid, reason="retrain: challenger passed every gate and beat "
+                                          "the champion", expected_production=summary["champion"])
+                except ProductionMoved as moved:
+                    reasons.append(str(moved))
+                    decision = "kept"
             else:
                 reasons.append("validation failed in the registry")
                 decision = "kept" if summary["champion"] else "not promoted"

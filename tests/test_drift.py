@@ -40,4 +40,22 @@ def test_ftml_drift_flags_a_calmer_market(tmp_path):
     assert report["top"][0]["feature"].startswith(("f_natr", "f_vol", "f_bb_width", "f_range", "f_htf_4h_natr"))
     assert report["calibration"]["hit_rate"] < report["calibration"]["mean_p"]  # calmer: fewer wins than learned
     human = run_ftml("drift", "-c", "config.json", cwd=tmp_path)
-    assert human.returncode == 0 and "drift above the threshold" in human.stdout
+    # "no drift above the threshold" contains "drift above the threshold": match the verdict.
+    assert human.returncode == 0 and "-> drift above the threshold" in human.stdout
+    assert "no drift above" not in human.stdout
+
+
+@pytest.mark.parametrize("drifted", [True, False])
+def test_the_printed_verdict_says_which_it_is(drifted):
+    from rich.console import Console
+
+    from ml.drift_check import print_drift
+
+    console = Console(record=True, width=200)
+    report = {"model": "m", "version": 1, "reference_rows": 10, "window_days": 30, "current_rows": 5,
+              "window": ["2025-01-01 00:00", "2025-01-31 00:00"], "top": [{"feature": "f_x", "psi": 0.4}],
+              "max_psi": 0.4, "features_major": 1, "features_moderate": 0, "drifted": drifted}
+    print_drift(report, console)
+    text = console.export_text()
+    assert ("-> drift above the threshold" in text) is drifted
+    assert ("-> no drift above the threshold" in text) is not drifted

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from sklearn.metrics import log_loss
 
 from ml.bundle import load_bundle
 from ml.config import from_dict
+from ml.dataset import build_dataset
+from ml.splits import chronological_split, purge_gap
 from ml.synth import ORACLE_AUC_ALL_CANDLES, write_market
 from ml.train import TrainRequest, train
 from tests.conftest import REPO, run_ftml, write_config
@@ -133,6 +136,17 @@ def test_reload_in_a_fresh_process_is_bit_identical_and_never_opens_pickles(tmp_
     there = np.load(tmp_path / "p.npy")
     assert np.array_equal(here, there)
     assert not marker.exists()
+    # ... and the reloaded model is the model that was trained: on the test block it gives
+    # exactly the log loss that training measured in memory before saving.
+    cfg = from_dict({"training": {**FAST, "families": [family], "trials": 1}, "tracking": {"mode": "disabled"}})
+    data = build_dataset(cfg, tmp_path / "data", pairs(2), "1h")
+    t = cfg.training
+    split = chronological_split(data.times, t.calib_fraction, t.test_fraction, purge_gap("1h", cfg.label.horizon, t.embargo),
+                                data.label_end, min_rows=max(30, t.min_samples // 10))
+    test_block = data.take(split.test)
+    reloaded = load_bundle(folder).predict_proba(test_block.X)
+    assert log_loss(test_block.y, np.clip(reloaded, 1e-6, 1 - 1e-6), labels=[0, 1]) == pytest.approx(
+        summary["test"]["log_loss"], rel=1e-12)
 
 
 @pytest.fixture
