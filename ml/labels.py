@@ -8,10 +8,13 @@ Freqtrade fills a signal from candle t at the open of candle t+1, so the entry p
 * stop-loss: freqtrade's stoploss is on price, ``entry * (1 - stop_loss)``; the trade
   loses ``stop_loss + fee``;
 * a candle that touches both counts as a loss (we cannot know which came first);
-* neither within the horizon: a time exit at ``close[t+horizon]``, label 0.
+* neither within the horizon: a time exit, label 0. The strategy decides it at the close
+  of candle t+horizon and freqtrade fills it at the *open* of candle t+horizon+1 (on real
+  candles that open differs from the previous close), so that open is the exit price.
 
-The label is NaN where the future is not known yet (the last ``horizon`` rows) or where a
-time gap in the data falls inside the trade's window. Everything is vectorised with
+The label is NaN where the future is not known yet (the last ``horizon + 1`` rows) or
+where a time gap in the data falls inside the trade's window. tests/test_labels_vs_freqtrade.py
+checks these labels against the trades freqtrade's backtesting engine really makes. Everything is vectorised with
 sliding windows; there is no Python loop over rows.
 """
 
@@ -47,7 +50,8 @@ def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None =
 
     Returns a frame on ``df.index`` with ``label`` (1.0 / 0.0 / NaN), ``ret`` (the trade's
     realised net return), ``exit_offset`` (candles from signal to exit) and ``label_end``
-    (the date of the last candle the outcome may depend on, used to purge splits).
+    (the date of the last candle the outcome may depend on: the time exit's fill candle,
+    used to purge splits).
     """
     missing = [c for c in ("date", "open", "high", "low", "close") if c not in df.columns]
     if missing:
@@ -60,15 +64,15 @@ def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None =
 
     def frame() -> pd.DataFrame:
         out = pd.DataFrame({"label": label, "ret": ret_out, "exit_offset": offset_out}, index=df.index)
-        out["label_end"] = dates + step * h  # same index: aligned, stays tz-aware
+        out["label_end"] = dates + step * (h + 1)  # same index: aligned, stays tz-aware
         return out
 
-    if n <= h:
+    if n <= h + 1:
         return frame()
 
-    opens, highs, lows, closes = (df[c].to_numpy(dtype="float64") for c in ("open", "high", "low", "close"))
+    opens, highs, lows = (df[c].to_numpy(dtype="float64") for c in ("open", "high", "low"))
     tp, sl = barrier_fractions(df, cfg)
-    rows = n - h  # rows whose whole horizon is inside the frame
+    rows = n - h - 1  # rows whose whole horizon and time-exit fill are inside the frame
     entry = opens[1 : rows + 1]
     upper = entry * (1.0 + tp[:rows] + cfg.fee)
     lower = entry * (1.0 - sl[:rows])
@@ -83,13 +87,13 @@ def triple_barrier(df: pd.DataFrame, cfg: LabelSettings, timeframe: str | None =
 
     won = first_tp < first_sl  # a same-candle double touch is a loss
     lost = (first_sl <= first_tp) & (first_sl < h)
-    time_exit_ret = closes[h : rows + h] / entry - 1.0 - cfg.fee
+    time_exit_ret = opens[h + 1 : rows + h + 1] / entry - 1.0 - cfg.fee
     ret = np.where(won, tp[:rows], np.where(lost, -sl[:rows] - cfg.fee, time_exit_ret))
-    exit_offset = 1 + np.where(won, first_tp, np.where(lost, first_sl, h - 1))
+    exit_offset = 1 + np.where(won, first_tp, np.where(lost, first_sl, h))
 
     # A gap inside the window means we cannot know what happened: leave it unlabelled.
     naive = dates.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    contiguous = (naive[h : rows + h] - naive[:rows]) == (step * h).to_timedelta64()
+    contiguous = (naive[h + 1 : rows + h + 1] - naive[:rows]) == (step * (h + 1)).to_timedelta64()
     valid = contiguous & np.isfinite(entry) & (entry > 0) & np.isfinite(tp[:rows]) & np.isfinite(ret)
     valid &= _window_is_finite(highs, lows, h, rows)
     idx = np.flatnonzero(valid)

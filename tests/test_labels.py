@@ -18,9 +18,9 @@ def reference(df: pd.DataFrame, cfg: LabelSettings, step: pd.Timedelta):
     n, h = len(df), cfg.horizon
     labels, rets = [math.nan] * n, [math.nan] * n
     for t in range(n):
-        if t + h >= n:
-            continue  # the future is not known yet
-        if df["date"].iloc[t + h] - df["date"].iloc[t] != step * h:
+        if t + h + 1 >= n:
+            continue  # the future (up to the time exit's fill at open[t+h+1]) is not known yet
+        if df["date"].iloc[t + h + 1] - df["date"].iloc[t] != step * (h + 1):
             continue  # a gap inside the window
         if not np.isfinite(tp[t]):
             continue
@@ -37,7 +37,7 @@ def reference(df: pd.DataFrame, cfg: LabelSettings, step: pd.Timedelta):
                 outcome = (1.0, tp[t])
                 break
         if outcome is None:
-            outcome = (0.0, df["close"].iloc[t + h] / entry - 1 - cfg.fee)
+            outcome = (0.0, df["open"].iloc[t + h + 1] / entry - 1 - cfg.fee)  # freqtrade's fill
         labels[t], rets[t] = outcome
     return np.array(labels), np.array(rets)
 
@@ -95,12 +95,12 @@ def test_unknown_future_and_gaps_are_nan():
     df = random_path(1, 100, gaps=0, double_touch=0)
     cfg = LabelSettings(horizon=10)
     out = triple_barrier(df, cfg, "1h")
-    assert out["label"].iloc[-10:].isna().all() and out["label"].iloc[:-10].notna().all()
+    assert out["label"].iloc[-11:].isna().all() and out["label"].iloc[:-11].notna().all()
     gappy = df.drop(index=[50]).reset_index(drop=True)
     out = triple_barrier(gappy, cfg, "1h")
-    assert out["label"].iloc[40:50].isna().all()  # windows that span the missing candle
-    assert out["label"].iloc[:40].notna().all()
-    assert (out["label_end"] - gappy["date"] == pd.Timedelta("10h")).all()
+    assert out["label"].iloc[39:50].isna().all()  # windows (and time-exit fills) that span the missing candle
+    assert out["label"].iloc[:39].notna().all()
+    assert (out["label_end"] - gappy["date"] == pd.Timedelta("11h")).all()
 
 
 def test_missing_column_is_named():
