@@ -144,13 +144,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         timerange=args.timerange, data_format=ft["data_format"],
         output=Path(args.output) if args.output else user_data / "models" / cfg.model.name / stamp,
         storage=storage, study=cfg.training.study or f"{cfg.model.name}-{stamp}",
-        tracking_mode=None,
+        tracking_mode=None, worker_only=args.worker_only,
     )
+    if args.worker_only and not cfg.training.study:
+        raise UserError("--worker-only adds trials to a shared study: name it with --study (and --storage).")
     columns = [TextColumn("Optuna trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("trials", total=cfg.training.trials)
         summary = train(cfg, request, progress=lambda done: bar.update(task, completed=done))
-    if not args.no_register:
+    if not args.no_register and not args.worker_only:
         from ml.registry import open_registry
 
         entry = open_registry(cfg.registry.path).register(
@@ -280,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", help="bundle folder (default: user_data/models/<name>/<timestamp>)")
 
     tr.add_argument("--no-register", action="store_true", help="only write the bundle; do not register it")
+    tr.add_argument("--worker-only", action="store_true",
+                    help="distributed tuning: only add trials to the shared --study on --storage; fit, bundle and "
+                         "register nothing. Run one process without it: that one waits for the workers' running "
+                         "trials, then fits the best trial and registers it, once.")
     tr.set_defaults(func=cmd_train)
 
     from ml.cli_registry import add_parser as add_registry_parser

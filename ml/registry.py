@@ -38,6 +38,7 @@ from filelock import FileLock, Timeout
 from ml import registry_schema
 from ml.errors import FtmlError
 from ml.jsonsafe import json_safe
+from ml.redact import redact_urls
 
 SCHEMA_VERSION = 1
 INDEX = "registry.json"
@@ -95,7 +96,7 @@ def _origin() -> dict[str, Any]:
     except (KeyError, OSError):
         user = str(os.getuid())
     return {"host": socket.gethostname(), "user": user, "pid": os.getpid(),
-            "command": " ".join(sys.argv)[:300]}
+            "command": redact_urls(" ".join(sys.argv))[:300]}
 
 
 def _empty() -> dict[str, Any]:

@@ -46,6 +46,7 @@ from ml.data import DataError, candle_dates
 from ml.dataset import build_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
 from ml.registry import ProductionMoved, RegistryError, open_registry, run_gates
+from ml.storage import redacted_settings
 from ml.train import TrainRequest, train
 
 logger = logging.getLogger("ftml.retrain")
@@ -353,7 +354,7 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
         job = Retrain(config_path, cfg, ft, dry_run, download)
         job.notes.extend(notes)
         summary = job.run()
-        tracker = tracking.start(cfg.tracking, {"ml": cfg.model_dump(), "retrain": True}, name=f"retrain-{cfg.model.name}",
+        tracker = tracking.start(cfg.tracking, {"ml": redacted_settings(cfg.model_dump()), "retrain": True}, name=f"retrain-{cfg.model.name}",
                                  job_type="retrain")
         tracker.log_metrics(summary)
         tracker.finish()

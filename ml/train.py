@@ -27,7 +27,16 @@ from ml.features import FeatureEngineer, correlation_prune
 from ml.metrics import evaluate, outcome_returns, trial_spread
 from ml.models import available_cores
 from ml.splits import PurgedWalkForward, chronological_split, purge_gap
-from ml.tuning import TuningData, best_params, finished, fit_family, run_study
+from ml.storage import redact, redacted_settings
+from ml.tuning import (
+    TuningData,
+    best_params,
+    best_trial,
+    finished,
+    fit_family,
+    run_study,
+    wait_for_running,
+)
 
 logger = logging.getLogger(__name__)
 PLOTS = "plots"
@@ -46,6 +55,7 @@ class TrainRequest:
     study: str
     data_format: str = "feather"
     tracking_mode: str | None = None
+    worker_only: bool = False  # add trials to a shared study; fit and register nothing
 
 
 def git_commit() -> str | None:
@@ -96,6 +106,14 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed)
     n_jobs = t.n_jobs or available_cores()
     study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress)
+    if req.worker_only:
+        return {"worker_only": True, "study": req.study, "storage": redact(req.storage), "trials": finished(study),
+                "seconds": round(time.perf_counter() - started, 1)}
+    still = wait_for_running(study)  # other processes' trials on a shared study count too
+    if still:
+        logger.warning("%d trials of study %s are still running after the wait; choosing among finished ones.",
+                       still, req.study)
+    chosen = best_trial(study, list(t.families))
     family, params = best_params(study, list(t.families))
 
     # ---- refit the best trial on the whole training block, then freeze it
@@ -121,8 +139,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "finished": finished(study), "complete": len(values),
         "pruned": sum(tr.state == optuna.trial.TrialState.PRUNED for tr in trials),
         "failed": sum(tr.state == optuna.trial.TrialState.FAIL for tr in trials),
-        "oof_log_loss": trial_spread(values), "best_number": study.best_trial.number,
-        "best_value": study.best_value,
+        "oof_log_loss": trial_spread(values), "best_number": chosen.number,
+        "best_value": chosen.value,
     }
     report["calibration_choice"] = calib_info
     report["dataset"] = data.info
@@ -159,7 +177,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
         # The newest candle any fitted part (model or calibrator) depended on.
         "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
-        "study": {"storage": req.storage, "name": req.study, "trials": report["trials"]["finished"]},
+        "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"]},
         "metrics": _headline(report),
         "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
     }
@@ -203,7 +221,7 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
 
 def _tracking_config(cfg: MLConfig, req: TrainRequest, data: Dataset, manifest: dict[str, Any]) -> dict[str, Any]:
     return {
-        "ml": cfg.model_dump(), "pairs": manifest["pairs"], "timeframe": req.timeframe, "timerange": req.timerange,
+        "ml": redacted_settings(cfg.model_dump()), "pairs": manifest["pairs"], "timeframe": req.timeframe, "timerange": req.timerange,
         "data_start": data.info.get("start"), "data_end": data.info.get("end"),
         "feature_set_id": data.feature_set_id, "git_commit": manifest["git_commit"], "study": req.study,
     }

@@ -27,6 +27,7 @@ import optuna
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from ml.models import FAMILIES, FittedModel, available_cores
+from ml.storage import create_or_join, open_storage
 
 logger = logging.getLogger(__name__)
 EARLY_STOP_SHARE = 0.15  # newest share of a training slice used for early stopping
@@ -64,9 +65,19 @@ def suggest(trial: optuna.trial.BaseTrial, families: list[str]) -> tuple[str, di
     return family, FAMILIES[family].suggest(trial)
 
 
+def best_trial(study: optuna.Study, families: list[str]) -> optuna.trial.FrozenTrial:
+    """The best complete trial among ``families``: a resumed study may hold trials of
+    families this run excludes (``--families``), which must not be chosen."""
+    allowed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+               if t.params.get("family", t.user_attrs.get("family", families[0])) in families]
+    if not allowed:
+        raise RuntimeError(f"Study {study.study_name} has no complete trial of {families}; add trials.")
+    return min(allowed, key=lambda t: t.value)
+
+
 def best_params(study: optuna.Study, families: list[str]) -> tuple[str, dict[str, Any]]:
-    """Family and model parameters of the best trial, as the family's build expects them."""
-    best = study.best_trial
+    """Family and model parameters of the best allowed trial, as the family's build expects them."""
+    best = best_trial(study, families)
     fixed = optuna.trial.FixedTrial(best.params)
     family = best.params.get("family", best.user_attrs.get("family", families[0]))
     return family, FAMILIES[family].suggest(fixed)
@@ -99,14 +110,36 @@ class Objective:
         return float(np.mean(losses))
 
 
-def make_study(storage: str, name: str, seed: int) -> optuna.Study:
+def make_study(storage: str, name: str, seed: int, worker_index: int = 0) -> tuple[optuna.Study, bool]:
+    """Create or join the study (race-safe); returns (study, created).
+
+    TPE is seeded with ``seed`` (+ ``worker_index`` for ``--workers``) when this process
+    creates the study, so a single run is reproducible. A process that *joins* a study that
+    someone else created gets a seed mixed with its pid: with one seed, two processes on one
+    study propose identical points (seen: 12 trials, 6 distinct).
+    """
     # TPE's `group` (conditional spaces per family) is marked experimental; it is what we want.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.create_study(
-        storage=storage, study_name=name, direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-    )
+
+    def sampler(created: bool) -> optuna.samplers.BaseSampler:
+        own = seed + worker_index if created else (seed * 1_000_003 + os.getpid() * 7919 + worker_index) % 2**31
+        return optuna.samplers.TPESampler(seed=own, multivariate=True, group=True)
+
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return create_or_join(open_storage(storage), name, sampler, pruner)
+
+
+def wait_for_running(study: optuna.Study, timeout: float = 1800.0, progress=None) -> int:
+    """Wait until trials other processes are running on the study have finished, so the
+    best trial is chosen from all of them; returns how many were still running at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        if not running or time.monotonic() > deadline:
+            return running
+        if progress:
+            progress(None)
+        time.sleep(1.0)
 
 
 def finished(study: optuna.Study) -> int:
@@ -120,7 +153,7 @@ def _worker(storage: str, name: str, data: TuningData, n_trials: int, timeout: f
     os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(len(cpus))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = make_study(storage, name, data.seed + worker_index)
+    study, _ = make_study(storage, name, data.seed, worker_index)
     study.optimize(Objective(data, n_jobs=len(cpus)), n_trials=n_trials, timeout=timeout, catch=())
 
 
@@ -136,7 +169,7 @@ def run_study(storage: str, name: str, data: TuningData, n_trials: int, timeout:
               workers: int, n_jobs: int | None, progress=None) -> optuna.Study:
     """Run ``n_trials`` more trials on the study (resuming it if it exists)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = make_study(storage, name, data.seed)
+    study, _ = make_study(storage, name, data.seed)
     already = finished(study)
     if workers <= 1:
         callbacks = [lambda s, t: progress(finished(s) - already)] if progress else []

@@ -1,0 +1,121 @@
+"""Distributed tuning on a real PostgreSQL server (Debian's package, started by the test).
+
+Two `ftml train` processes share one study: they must propose distinct trials, create the
+study without a race, register one model, and never write the storage password down. An
+unreachable server and a missing driver end in one line, not a traceback or a hang.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ml.registry import open_registry
+from ml.synth import write_market
+from tests.conftest import run_ftml, write_config
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+PASSWORD = "s3cret-pw"  # trust auth ignores it; the test checks it is never written down
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    if not PG_BIN or (os.geteuid() == 0 and not shutil.which("runuser")):
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does)")
+    bin_dir = Path(PG_BIN[-1])
+    # Not under pytest's 0700 tmp folders: the server runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="ftml-pg-"))
+    root.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", _free_port()
+    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]),
+                   check=True, capture_output=True)
+    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _project(root: Path) -> Path:
+    write_config(root / "config.json", ml={"tracking": {"mode": "disabled"},
+                                           "training": {"signal": None, "families": ["lightgbm", "logistic"]}})
+    write_market(root / "user_data" / "data" / "binance", ["ETH/BTC", "LTC/BTC"], "1h", 3000, "planted", 2)
+    return root
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_with_distinct_trials_and_one_registration(tmp_path, postgres_url):
+    root = _project(tmp_path)
+    common = ["train", "-c", "config.json", "--trials", "6", "--storage", postgres_url, "--study", "shared"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "ml.cli", *common, *extra], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for extra in ([], ["--worker-only"])]  # started together: a creation race on a fresh database
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    owner, worker = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert worker["worker_only"] and "registered" not in worker
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    done = [t for t in study.trials if t.state.is_finished()]
+    assert len(done) == 12
+    points = {json.dumps(t.params, sort_keys=True) for t in done}
+    assert len(points) == 12  # distinct: one seed in both processes gave 6 points twice
+    assert len({t.user_attrs["pid"] for t in done}) == 2
+    versions = open_registry(root / "registry").read()["models"]["trend_pullback"]["versions"]
+    assert list(versions) == [str(owner["registered"]["version"])]  # registered once
+    assert owner["trials"]["finished"] == 12  # the owner waited for the worker's trials
+    for written in (root / "registry" / "registry.json", Path(owner["bundle"]) / "bundle.json",
+                    Path(owner["bundle"]) / "metrics.json"):
+        assert PASSWORD not in written.read_text(), written
+    assert "postgres:***@" in (Path(owner["bundle"]) / "bundle.json").read_text()
+    assert PASSWORD not in outputs[0][0] + outputs[0][1] + outputs[1][0] + outputs[1][1]
+
+
+def test_an_unreachable_server_is_one_line_and_quick(tmp_path):
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC"], "1h", 1500, "null", 1)
+    start = time.monotonic()
+    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
+                    "--storage", f"postgresql+psycopg2://u:{PASSWORD}@127.0.0.1:{_free_port()}/x", cwd=tmp_path)
+    assert done.returncode == 2 and "Cannot use the Optuna storage" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
+    assert time.monotonic() - start < 120
+
+
+def test_a_missing_driver_names_the_extra(tmp_path):
+    pytest.importorskip("sqlalchemy")
+    if __import__("importlib").util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg (3) is installed here")
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC"], "1h", 1500, "null", 1)
+    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
+                    "--storage", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:5/x", cwd=tmp_path)
+    assert done.returncode == 2 and "freqtrade-ml[postgres]" in done.stderr and "Traceback" not in done.stderr
