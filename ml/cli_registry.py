@@ -168,14 +168,20 @@ def cmd_verify(args) -> int:
         for vid, entry in sorted(model["versions"].items(), key=lambda kv: int(kv[0])):
             results.append({"model": name, "version": int(vid), "problems": reg.verify_version(entry)})
     bad = [r for r in results if r["problems"]]
+    # Harmless but worth knowing: left by killed writers; the next register removes them.
+    leftovers = [str(p.relative_to(reg.root)) for p in reg.leftovers(doc)]
 
     def render(console, results):
         for r in results:
             mark = "[green]ok[/]" if not r["problems"] else "[red]" + "; ".join(r["problems"]) + "[/]"
             console.print(f"{r['model']} v{r['version']}: {mark}")
         console.print(f"{len(results)} versions checked, {len(bad)} with problems")
+        if leftovers:
+            console.print(f"[yellow]{len(leftovers)} leftovers of killed writers (removed by the next register): "
+                          f"{', '.join(leftovers)}[/]")
 
-    _emit(args, {"checked": len(results), "bad": len(bad), "results": results}, lambda c, d: render(c, d["results"]))
+    _emit(args, {"checked": len(results), "bad": len(bad), "results": results, "leftovers": leftovers},
+          lambda c, d: render(c, d["results"]))
     return EXIT_FAILED_CHECK if bad else EXIT_OK
 
 

@@ -103,6 +103,23 @@ def _empty() -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "models": {}, "events": []}
 
 
+def _owner_alive(path: Path) -> bool:
+    """Whether the process that named a temp file ``.<stem>.<pid>.tmp`` still runs."""
+    try:
+        pid = int(path.name.rsplit(".", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -228,6 +245,38 @@ class Registry:
             problems.append(f"{folder}: version folder missing")
         return problems
 
+    def leftovers(self, doc: dict[str, Any] | None = None) -> list[Path]:
+        """What killed writers left behind: temp files and staging folders of dead
+        processes, and version folders no entry references (a register killed between
+        copying and committing)."""
+        if not self.root.is_dir():
+            return []
+        doc = doc or self.read()
+        found = [p for p in self.root.glob(f".{INDEX}.*.tmp") if not _owner_alive(p)]
+        for name, model in sorted(doc["models"].items()):
+            folder = self.root / name
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            referenced = {v["path"] for v in model["versions"].values()}
+            for child in sorted(folder.iterdir()):
+                if re.fullmatch(r"\.v\d+\.\d+\.tmp", child.name):
+                    if not _owner_alive(child):
+                        found.append(child)
+                elif re.fullmatch(r"v\d+", child.name) and child.is_dir() and f"{name}/{child.name}" not in referenced:
+                    found.append(child)
+        return found
+
+    def clean_leftovers(self, doc: dict[str, Any]) -> list[str]:
+        """Remove :meth:`leftovers` (called under the lock, so no live writer is mid-way)."""
+        removed = []
+        for path in self.leftovers(doc):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(self.root)))
+        return removed
+
     # ------------------------------------------------------------------ writing
     def _transaction(self, change: Callable[[dict[str, Any]], Any]) -> Any:
         """Lock, re-read, change, write atomically. ``change`` mutates the doc in place."""
@@ -269,6 +318,7 @@ class Registry:
         sources = _bundle_files(bundle_dir)
 
         def change(doc):
+            cleaned = self.clean_leftovers(doc)
             model = doc["models"].setdefault(name, {"next_id": 1, "production": None,
                                                      "production_history": [], "versions": {}})
             vid = model["next_id"]
@@ -301,7 +351,8 @@ class Registry:
                 "source": str(bundle_dir.resolve()),
             }
             model["versions"][str(vid)] = entry
-            self._event(doc, "register", name, vid, reason or notes, status=status)
+            self._event(doc, "register", name, vid, reason or notes, status=status,
+                        **({"cleaned": cleaned} if cleaned else {}))
             return entry
 
         return self._transaction(change)

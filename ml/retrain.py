@@ -24,9 +24,12 @@ Exit 0 for promoted / kept / skipped / locked; non-zero only for errors.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -167,7 +170,9 @@ class Retrain:
 
     def backtest(self, bundle_dir: Path, start: pd.Timestamp, end: pd.Timestamp, label: str) -> dict[str, Any]:
         """A real offline freqtrade backtest of the gated strategy with this model as production."""
-        with tempfile.TemporaryDirectory(prefix=f"retrain-{label}-") as tmp:
+        scratch = self.user_data / SCRATCH
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{label}-", dir=scratch) as tmp:
             tmp = Path(tmp)
             store = open_registry(tmp / "registry")
             store.register(bundle_dir, self.name)
@@ -183,7 +188,8 @@ class Retrain:
             cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting", "-c", str(tmp / "config.json"),
                    "--strategy", self.cfg.retrain.strategy, "--timerange", f"{_day(start)}-{_day(end + pd.Timedelta(days=1))}",
                    "--export", "trades", "--backtest-directory", str(export), "--cache", "none"]
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                  preexec_fn=_die_with_parent)
             if done.returncode != 0:
                 raise RuntimeError(f"backtest of the {label} failed: {done.stderr.strip()[-500:]}")
             from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
@@ -302,6 +308,28 @@ class Retrain:
         return summary
 
 
+SCRATCH = "retrain-tmp"  # under user_data: throw-away registries and backtests of one run
+
+
+def _die_with_parent() -> None:
+    """In a child (preexec_fn): get SIGTERM when the retrain process dies, even by SIGKILL,
+    so a killed cron run leaves no backtest running on its own."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the child outlives a SIGKILLed parent, as before
+
+
+def _clear_scratch(user_data: Path) -> list[str]:
+    """Remove what earlier runs left in the scratch folder. Only called under the lock, so
+    no other retrain is using it."""
+    scratch = user_data / SCRATCH
+    stale = sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else []
+    shutil.rmtree(scratch, ignore_errors=True)
+    return stale
+
+
 def _read_owner(owner: Path) -> dict[str, Any]:
     """Who holds the lock; {} when the file is missing, half-written or not ours to parse."""
     try:
@@ -349,6 +377,9 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
         previous = _read_owner(owner)
         if isinstance(previous.get("pid"), int) and not _pid_alive(previous["pid"]):
             notes.append(f"recovered a stale lock left by pid {previous['pid']} (started {previous.get('started')})")
+            logger.warning(notes[-1])
+        if stale := _clear_scratch(user_data):
+            notes.append(f"removed {len(stale)} scratch folders left by a killed run ({', '.join(stale[:5])})")
             logger.warning(notes[-1])
         _write_owner(owner, {"pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds")})
         job = Retrain(config_path, cfg, ft, dry_run, download)

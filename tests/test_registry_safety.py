@@ -224,3 +224,25 @@ def test_a_model_file_that_crashes_the_library_is_refused_not_fatal(tmp_path, li
     reg.index.write_text(json.dumps(doc))
     with pytest.raises(IntegrityError, match="crashed a test process"):
         ProductionModel.load(reg, "m")
+
+
+def test_leftovers_of_killed_writers_are_reported_then_cleaned(tmp_path, bundle):  # noqa: F811
+    write_config(tmp_path / "config.json")
+    reg = open_registry(tmp_path / "registry")
+    reg.register(bundle, "m")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs: the 'killed writer'
+    (reg.root / f".registry.json.{gone.pid}.tmp").write_text("{")
+    (reg.root / "m" / f".v2.{gone.pid}.tmp").mkdir()
+    shutil.copytree(reg.root / "m" / "v1", reg.root / "m" / "v7")  # copied, never committed
+    live = subprocess.Popen(["sleep", "60"])
+    (reg.root / f".registry.json.{live.pid}.tmp").write_text("{")  # a live writer's: not ours to touch
+    done = run_ftml("registry", "verify", "-c", "config.json", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(done.stdout)["leftovers"]) == sorted(
+        [f".registry.json.{gone.pid}.tmp", f"m/.v2.{gone.pid}.tmp", "m/v7"])
+    reg.register(bundle, "m")
+    assert reg.leftovers() == [] and (reg.root / f".registry.json.{live.pid}.tmp").exists()
+    live.kill()
+    assert reg.history("m")[-1]["cleaned"]
+    assert not reg.verify_version(reg.version("m", 1))

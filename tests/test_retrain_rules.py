@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -84,3 +85,42 @@ def test_promote_refuses_when_production_moved_since_the_run_started(tmp_path, b
         reg.promote("m", 3, force=True, reason="retrain", expected_production=champion)
     assert reg.read()["models"]["m"]["production"] == 2
     assert reg.promote("m", 3, force=True, reason="retrain", expected_production=2)["id"] == 3
+
+
+PARENT = """
+import subprocess, sys, time
+from ml.retrain import _die_with_parent
+child = subprocess.Popen(["sleep", "120"], preexec_fn=_die_with_parent)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_retrain_takes_its_backtest_child_with_it():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no cleanup code runs in the parent
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie is dead, only not yet reaped
+    except FileNotFoundError:
+        return False
+
+
+def test_scratch_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    stale = tmp_path / "user_data" / "retrain-tmp" / "challenger-abc123"
+    (stale / "registry").mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "No 1h candles" in done.stderr  # a real failure, said in one line
+    assert not stale.exists()
+    assert "removed 1 scratch folders" in (tmp_path / "user_data" / "logs" / "retrain.log").read_text()
