@@ -103,21 +103,24 @@ def _empty() -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "models": {}, "events": []}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
+
+
 def _owner_alive(path: Path) -> bool:
     """Whether the process that named a temp file ``.<stem>.<pid>.tmp`` still runs."""
     try:
         pid = int(path.name.rsplit(".", 2)[-2])
     except (ValueError, IndexError):
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def _fsync_dir(folder: Path) -> None:

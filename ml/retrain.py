@@ -48,21 +48,11 @@ from ml.config import MLConfig
 from ml.data import DataError, candle_dates
 from ml.dataset import build_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
-from ml.registry import ProductionMoved, RegistryError, open_registry, run_gates
+from ml.registry import ProductionMoved, RegistryError, open_registry, pid_alive, run_gates
 from ml.storage import redacted_settings
 from ml.train import TrainRequest, train
 
 logger = logging.getLogger("ftml.retrain")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ns(ts: pd.Timestamp) -> np.datetime64:
@@ -375,7 +365,7 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
     notes = []
     try:
         previous = _read_owner(owner)
-        if isinstance(previous.get("pid"), int) and not _pid_alive(previous["pid"]):
+        if isinstance(previous.get("pid"), int) and not pid_alive(previous["pid"]):
             notes.append(f"recovered a stale lock left by pid {previous['pid']} (started {previous.get('started')})")
             logger.warning(notes[-1])
         if stale := _clear_scratch(user_data):

@@ -119,3 +119,57 @@ def test_a_missing_driver_names_the_extra(tmp_path):
     done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
                     "--storage", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:5/x", cwd=tmp_path)
     assert done.returncode == 2 and "freqtrade-ml[postgres]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_silent_server_times_out_instead_of_hanging(tmp_path):
+    """A server that accepts the connection and never answers (a hung database, a firewall
+    black hole behind a proxy) must not hold `ftml train` or the retrain lock for ever."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port, held = listener.getsockname()[1], []
+    stop = threading.Event()
+
+    def accept_and_say_nothing():
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    try:
+        write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+        write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC"], "1h", 1500, "null", 1)
+        start = time.monotonic()
+        done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
+                        "--storage", f"postgresql+psycopg2://u:{PASSWORD}@127.0.0.1:{port}/x", cwd=tmp_path,
+                        timeout=180)
+        assert done.returncode == 2 and "Cannot use the Optuna storage" in done.stderr, done.stderr[-2000:]
+        assert held and time.monotonic() - start < 90
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_a_resumed_study_chooses_only_among_this_runs_families():
+    """Resuming with --families logistic on a study whose best trial is lightgbm used to fit
+    the lightgbm trial anyway."""
+    from ml.tuning import best_trial
+
+    study = optuna.create_study()
+    dist = {"family": optuna.distributions.CategoricalDistribution(["lightgbm", "logistic"])}
+    for family, value in (("lightgbm", 0.60), ("logistic", 0.65), ("logistic", 0.64)):
+        study.add_trial(optuna.trial.create_trial(params={"family": family}, distributions=dist, value=value))
+    assert best_trial(study, ["lightgbm", "logistic"]).params["family"] == "lightgbm"
+    chosen = best_trial(study, ["logistic"])
+    assert chosen.params["family"] == "logistic" and chosen.value == 0.64
+    with pytest.raises(RuntimeError, match="no complete trial"):
+        best_trial(study, ["xgboost"])
