@@ -37,15 +37,17 @@ class Dataset:
     take_profit: np.ndarray  # barrier fractions per row (fixed, or from ATR)
     stop_loss: np.ndarray
     times: np.ndarray  # signal candle dates, datetime64[ns] UTC
-    label_end: np.ndarray
+    label_end: np.ndarray  # the last candle the outcome may depend on (purging)
     pairs: np.ndarray
     feature_set_id: str
     info: dict[str, Any] = field(default_factory=dict)
+    exit_times: np.ndarray | None = None  # when the labelled trade really closed (a bot's next entry)
 
     def take(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.X.iloc[idx], self.y[idx], self.realised[idx], self.take_profit[idx],
                        self.stop_loss[idx], self.times[idx], self.label_end[idx], self.pairs[idx],
-                       self.feature_set_id, self.info)
+                       self.feature_set_id, self.info,
+                       None if self.exit_times is None else self.exit_times[idx])
 
     def __len__(self) -> int:
         return len(self.y)
@@ -76,6 +78,7 @@ def pair_rows(frame: pd.DataFrame, cfg: MLConfig, engineer: FeatureEngineer, tim
     for column, source in (("label", "label"), ("realised", "ret"), ("label_end", "label_end")):
         rows[column] = labels[source][keep]  # same index: aligned, label_end stays tz-aware
     rows["take_profit"], rows["stop_loss"] = tp[keep], sl[keep]
+    rows["exit_time"] = rows["date"] + pd.Timedelta(timeframe) * labels["exit_offset"][keep]
     return rows, counts
 
 
@@ -123,6 +126,7 @@ def build_dataset(cfg: MLConfig, datadir: str | Path, pairs: list[str], timefram
         stop_loss=pooled["stop_loss"].to_numpy(dtype=np.float64),
         times=_naive_ns(pooled["date"]),
         label_end=_naive_ns(pooled["label_end"]),
+        exit_times=_naive_ns(pooled["exit_time"]),
         pairs=pooled["pair"].to_numpy(),
         feature_set_id=engineer.feature_set_id,
         info=info,

@@ -150,9 +150,10 @@ def calibration_report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     }
 
 
-def non_overlapping(times: np.ndarray, label_end: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+def non_overlapping(times: np.ndarray, trade_end: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Mask of the rows a bot trading one position per pair could really take, in time order:
-    a row counts only when the pair's previous counted trade has ended (its ``label_end``).
+    a row counts only when the pair's previous counted trade has closed (``trade_end``: its
+    exit time; ``label_end`` is a conservative stand-in).
 
     Overlapping signal rows of one pair share most of their outcome; counting each as a
     trade inflates the count and shrinks the standard error. The loop runs over the rows
@@ -165,7 +166,7 @@ def non_overlapping(times: np.ndarray, label_end: np.ndarray, pairs: np.ndarray)
         pair = pairs[i]
         if pair not in free_from or times[i] > free_from[pair]:
             keep[i] = True
-            free_from[pair] = label_end[i]
+            free_from[pair] = trade_end[i]
     return keep
 
 
@@ -181,21 +182,21 @@ def trade_summary(realised: np.ndarray) -> dict[str, float]:
 
 
 def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, win_return, loss_return, margin: float = 0.0,
-                       times: np.ndarray | None = None, label_end: np.ndarray | None = None,
+                       times: np.ndarray | None = None, trade_end: np.ndarray | None = None,
                        pairs: np.ndarray | None = None) -> dict[str, Any]:
     """Trades the EV gate would take on the test rows, against taking every signal.
 
-    With ``times``, ``label_end`` and ``pairs``, trades are counted as a bot would make them:
-    one open trade per pair, the next only after it ended (see :func:`non_overlapping`).
+    With ``times``, ``trade_end`` and ``pairs``, trades are counted as a bot would make them:
+    one open trade per pair, the next only after it closed (see :func:`non_overlapping`).
     ``signal_rows`` keeps the raw count of rows the gate let through.
     """
     taken = expected_value(p, win_return, loss_return) > margin
     everything = np.ones_like(taken, dtype=bool)
-    if times is not None and label_end is not None and pairs is not None:
+    if times is not None and trade_end is not None and pairs is not None:
         gated_idx = np.flatnonzero(taken)
         real = np.zeros_like(taken)
-        real[gated_idx[non_overlapping(times[gated_idx], label_end[gated_idx], pairs[gated_idx])]] = True
-        all_real = non_overlapping(times, label_end, pairs)
+        real[gated_idx[non_overlapping(times[gated_idx], trade_end[gated_idx], pairs[gated_idx])]] = True
+        all_real = non_overlapping(times, trade_end, pairs)
     else:
         real, all_real = taken, everything
     gated, signals = trade_summary(realised[real]), trade_summary(realised[all_real])
@@ -207,7 +208,7 @@ def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, win_return, loss_ret
 def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.ndarray,
              outcome: dict[str, float], margin: float = 0.0,
              times: np.ndarray | None = None, block: np.timedelta64 | None = None,
-             label_end: np.ndarray | None = None, pairs: np.ndarray | None = None,
+             trade_end: np.ndarray | None = None, pairs: np.ndarray | None = None,
              fitted_base_rate: float | None = None, min_trades: int = 30) -> dict[str, Any]:
     """Everything the report needs, on the untouched test block.
 
@@ -215,7 +216,8 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
     block, :func:`outcome_returns`) that turn p into EV. With ``times`` and ``block`` (the
     label horizon), the AUC and calibration-in-the-large errors are the larger of the
     textbook value and a block bootstrap, so overlapping labels don't fake an edge; with
-    ``label_end`` and ``pairs`` too, EV-gate trades are counted without overlap.
+    ``trade_end`` (each row's exit time) and ``pairs`` too, EV-gate trades are counted
+    without overlap.
     ``fitted_base_rate`` is the hit rate of the rows the model and calibrator were fitted
     on: what a model with no information should predict.
     """
@@ -242,7 +244,7 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
         "raw": {"ece": ece(y, p_raw), "log_loss": float(log_loss(y, np.clip(p_raw, 1e-6, 1 - 1e-6), labels=[0, 1])),
                 "reliability": reliability_table(y, p_raw)},
         "ev_gate": ev_gate_simulation(p_cal, realised, outcome["win"], outcome["loss"], margin,
-                                      times, label_end, pairs),
+                                      times, trade_end, pairs),
     }
     if citl_se is not None:
         report["calibrated"]["calibration_in_the_large_se"] = max(

@@ -151,7 +151,7 @@ class Retrain:
         p_raw = bundle.predict_raw(X)
         p = bundle.calibrator.transform(p_raw)
         report = evaluate(rows.y, p_raw, p, rows.realised, bundle.outcome_returns(), self.cfg.gate.ev_margin,
-                          rows.times, self.horizon_span, rows.label_end, rows.pairs, min_trades=self.cfg.gate.min_trades)
+                          rows.times, self.horizon_span, rows.exit_times, rows.pairs, min_trades=self.cfg.gate.min_trades)
         summary = {"rows": report["rows"], "log_loss": report["log_loss"], "brier": report["brier"], "auc": report["auc"],
                    "ece": report["calibrated"]["ece"], "mean_p": report["mean_p"], "hit_rate": report["base_rate"],
                    "ev_gate_trades": report["ev_gate"]["gated"]["trades"],

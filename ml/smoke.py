@@ -39,7 +39,11 @@ def smoke_test(folder: Path, files: dict[str, str] | None = None, store: Path | 
     pass can be remembered; ``store`` is where the marker goes.
     """
     digest, marker = _marker(store, files) if files else (None, None)
-    if digest and (digest in _passed or (marker is not None and marker.is_file())):
+    if digest and marker is not None and marker.is_file():
+        _passed.add(digest)
+        return None
+    if digest and digest in _passed:
+        _remember(marker)  # passed in this process for another store: tell this store too
         return None
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
@@ -55,13 +59,18 @@ def smoke_test(folder: Path, files: dict[str, str] | None = None, store: Path | 
         return f"loading {folder} failed in a test process: {lines[-1] if lines else 'exit ' + str(done.returncode)}"
     if digest:
         _passed.add(digest)
-        if marker is not None:
-            try:
-                marker.parent.mkdir(exist_ok=True)
-                marker.touch()
-            except OSError:
-                pass  # a read-only store: remembered in memory only
+        _remember(marker)
     return None
+
+
+def _remember(marker: Path | None) -> None:
+    if marker is None:
+        return
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass  # a read-only store: remembered in memory only
 
 
 def _child(folder: str) -> int:

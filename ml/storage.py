@@ -64,12 +64,20 @@ def open_storage(url: str) -> optuna.storages.BaseStorage | str:
         return url
     _check_driver(url)
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True})
-    except Exception as err:  # SQLAlchemy's errors: no such host, refused, time-out, auth
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StorageError(f"Cannot use the Optuna storage {redact(url)}: {first[:300]}. Check the host, port, "
-                           "database and credentials, or use the default SQLite storage.") from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True})
+        except Exception as err:  # SQLAlchemy's errors: no such host, refused, time-out, auth, races
+            text = str(err)
+            # Two processes creating the tables of a fresh database at once: the loser's
+            # unique-key violation is a race, not a fault; the tables exist on the retry.
+            if ("UniqueViolation" in text or "already exists" in text) and attempt < CREATE_ATTEMPTS - 1:
+                time.sleep(0.3 * (attempt + 1))
+                continue
+            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+            raise StorageError(f"Cannot use the Optuna storage {redact(url)}: {first[:300]}. Check the host, port, "
+                               "database and credentials, or use the default SQLite storage.") from None
+    raise AssertionError("unreachable")
 
 
 def create_or_join(storage: optuna.storages.BaseStorage | str, name: str,

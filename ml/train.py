@@ -29,6 +29,7 @@ from ml.models import available_cores
 from ml.splits import PurgedWalkForward, chronological_split, purge_gap
 from ml.storage import redact, redacted_settings
 from ml.tuning import (
+    QUIET_S,
     TuningData,
     best_params,
     best_trial,
@@ -106,10 +107,13 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed)
     n_jobs = t.n_jobs or available_cores()
     study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress)
+    shared = len({tr.user_attrs.get("pid") for tr in study.get_trials(deepcopy=False)}) > 1 or t.workers > 1
     if req.worker_only:
         return {"worker_only": True, "study": req.study, "storage": redact(req.storage), "trials": finished(study),
                 "seconds": round(time.perf_counter() - started, 1)}
-    still = wait_for_running(study)  # other processes' trials on a shared study count too
+    # Other processes' trials on a shared study count too (a study only this run used has
+    # nothing running: no wait beyond the quiet period's first look).
+    still = wait_for_running(study, quiet=QUIET_S if shared else 0.0)
     if still:
         logger.warning("%d trials of study %s are still running after the wait; choosing among finished ones.",
                        still, req.study)
@@ -130,7 +134,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     p_test = calibrator.transform(p_test_raw)
     horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
     report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, outcome, cfg.gate.ev_margin,
-                      test_block.times, horizon_span, test_block.label_end, test_block.pairs,
+                      test_block.times, horizon_span, test_block.exit_times, test_block.pairs,
                       fitted_base_rate=float(np.concatenate([train_block.y, calib_block.y]).mean()),
                       min_trades=cfg.gate.min_trades)
     trials = study.get_trials(deepcopy=False)

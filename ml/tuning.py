@@ -129,17 +129,24 @@ def make_study(storage: str, name: str, seed: int, worker_index: int = 0) -> tup
     return create_or_join(open_storage(storage), name, sampler, pruner)
 
 
-def wait_for_running(study: optuna.Study, timeout: float = 1800.0, progress=None) -> int:
-    """Wait until trials other processes are running on the study have finished, so the
+QUIET_S = 5.0  # a worker between two trials (sampling the next) runs none for a moment
+
+
+def wait_for_running(study: optuna.Study, timeout: float = 1800.0, quiet: float = QUIET_S) -> int:
+    """Wait until no other process has run a trial on the study for ``quiet`` seconds, so the
     best trial is chosen from all of them; returns how many were still running at the end."""
     deadline = time.monotonic() + timeout
+    quiet_since = None
     while True:
         running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-        if not running or time.monotonic() > deadline:
+        now = time.monotonic()
+        if running:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        if (quiet_since is not None and now - quiet_since >= quiet) or now > deadline:
             return running
-        if progress:
-            progress(None)
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def finished(study: optuna.Study) -> int:
