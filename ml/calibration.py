@@ -143,9 +143,14 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
     p_raw, y = np.asarray(p_raw, dtype=np.float64), np.asarray(y, dtype=int)
     if len(np.unique(y)) < 2:
         raise ValueError("The calibration block has only one class: use a longer timerange.")
+    # The sign of the model's relation to the outcome on this block: a sigmoid with slope
+    # <= 0 would *invert* the ranking (a raw AUC of 0.227 reported as 0.773), so it never
+    # competes; the slope is reported and gated (run_gates: calibration_slope).
+    slope = SigmoidCalibrator().fit(p_raw, y).a
     # Each half must itself be large enough for isotonic.
     allowed = [m for m in COMPLEXITY_ORDER if m in methods
-               and (m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS)]
+               and (m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS)
+               and (m != "sigmoid" or slope > 0)]
     losses = {m: _cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
     best = allowed[0]
     for method in allowed[1:]:
@@ -153,4 +158,7 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
         if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
             best = method
     scores = {m: float(v.mean()) for m, v in losses.items()}
-    return MAKERS[best]().fit(p_raw, y), {"method": best, "cross_fit_log_loss": scores}
+    info = {"method": best, "cross_fit_log_loss": scores, "slope": float(slope)}
+    if slope <= 0:
+        info["refused"] = f"sigmoid slope {slope:.3f} <= 0 would invert the model's ranking"
+    return MAKERS[best]().fit(p_raw, y), info

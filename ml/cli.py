@@ -119,7 +119,26 @@ def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlco
         training["signal"] = None if args.signal.lower() in ("none", "null", "all") else args.signal
     if args.tracking:
         data["tracking"]["mode"] = args.tracking
+    data["model"]["name"] = model_name_for(data["model"]["name"], training["signal"], args)
     return mlconfig.from_dict(data, source="command line")
+
+
+def model_name_for(configured: str, signal: str | None, args: argparse.Namespace) -> str:
+    """The registry name a training registers under.
+
+    ``--model`` wins. Otherwise a model trained on one signal's trades is named after that
+    signal when the configured name is another signal's (``--signal mean_reversion`` used to
+    register under ``trend_pullback``, and TrendPullbackML then loaded it). A model of all
+    candles (signal none) keeps the configured name.
+    """
+    from ml.signals import SIGNALS
+
+    if getattr(args, "model", None):
+        return args.model
+    if signal and signal != configured and configured in SIGNALS:
+        logging.getLogger(__name__).info("Model name follows the signal: %s (config says %s).", signal, configured)
+        return signal
+    return configured
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -179,10 +198,25 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- retrain
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from ml.retrain import run_retrain
+    """Every run, refused or failed too, prints one JSON line and leaves a log entry plus a
+    line in user_data/logs/retrain.jsonl: cron sends stderr to /dev/null, so a failure
+    must be visible where people look."""
+    from ml.retrain import record_run, run_retrain
 
-    cfg = mlconfig.load(args.config)
-    summary = run_retrain(args.config, cfg, freqtrade_settings(args.config), args.dry_run, args.download)
+    try:
+        cfg = mlconfig.load(args.config)
+        ft = freqtrade_settings(args.config)
+        summary = run_retrain(args.config, cfg, ft, args.dry_run, args.download)
+    except Exception as err:  # noqa: BLE001 - reported as a JSON line, then the usual exit code
+        code = err.exit_code if isinstance(err, FtmlError) else EXIT_FAILURE
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        summary = {"decision": "error", "error": first, "exit_code": code}
+        if not isinstance(err, FtmlError):
+            logging.getLogger("ftml.retrain").exception("Retrain failed")
+        record_run(args.config, summary)
+        print(jsonsafe.dumps(summary))
+        raise
+    record_run(args.config, summary)
     print(jsonsafe.dumps(summary))
     return EXIT_OK
 
@@ -277,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--study", help="study name; an existing study resumes (default: new, timestamped)")
     tr.add_argument("--workers", type=int, help="worker processes on the study, each on its own cores")
     tr.add_argument("--signal", help="base signal whose candles are the rows, or 'none' for all candles")
+    tr.add_argument("--model", help="registry model name (default: ml.model.name, or the signal's name when "
+                                    "--signal names another signal)")
     tr.add_argument("--tracking", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
     tr.add_argument("--seed", type=int, help="random seed (default: training.seed)")
     tr.add_argument("--output", help="bundle folder (default: user_data/models/<name>/<timestamp>)")

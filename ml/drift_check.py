@@ -40,7 +40,10 @@ def run_drift(cfg: MLConfig, ft: dict[str, Any], name: str, window_days: int) ->
     report.update(model=name, version=model.version, window_days=window_days,
                   window=[str(pd.Timestamp(window_start, tz="UTC")), str(pd.Timestamp(data.times.max(), tz="UTC"))],
                   threshold=cfg.retrain.max_psi, drifted=report["max_psi"] > cfg.retrain.max_psi,
-                  model_age_days=(pd.Timestamp.now(tz="UTC") - pd.Timestamp(entry["created"])).days)
+                  # Age of what the model knows: days of candles since its newest fitted one
+                  # (train_end), not since registration (a model registered today on year-old
+                  # data is a year old). Measured to the newest candle, which is "now" live.
+                  model_age_days=(pd.Timestamp(data.times.max(), tz="UTC") - model.train_end).days)
     return report
 
 

@@ -190,7 +190,10 @@ def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, win_return, loss_ret
     one open trade per pair, the next only after it closed (see :func:`non_overlapping`).
     ``signal_rows`` keeps the raw count of rows the gate let through.
     """
-    taken = expected_value(p, win_return, loss_return) > margin
+    # Equal probabilities everywhere (a constant calibrator) carry no ranking: the gate would
+    # take all signals or none on the strength of the base rate alone. It takes none.
+    ranked = len(p) > 0 and float(np.ptp(p)) > 0
+    taken = (expected_value(p, win_return, loss_return) > margin) & ranked
     everything = np.ones_like(taken, dtype=bool)
     if times is not None and trade_end is not None and pairs is not None:
         gated_idx = np.flatnonzero(taken)
@@ -223,9 +226,13 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
     """
     y = np.asarray(y, dtype=np.float64)
     auc, auc_se = auc_with_se(y, p_cal)
+    # The raw model's AUC too: a constant calibrator makes the calibrated AUC exactly 0.5,
+    # which hides what the model itself ranks (volatility, say, instead of direction).
+    auc_raw, auc_raw_se = auc_with_se(y, p_raw)
     citl_se = None
     if times is not None and block is not None:
         auc_se = max(auc_se, block_bootstrap_se(roc_auc_score, y, p_cal, times, block))
+        auc_raw_se = max(auc_raw_se, block_bootstrap_se(roc_auc_score, y, p_raw, times, block))
         citl_se = block_bootstrap_se(lambda yy, pp: pp.mean() - yy.mean(), y, p_cal, times, block)
     base_rate = float(y.mean())
     brier = float(brier_score_loss(y, p_cal))
@@ -241,7 +248,7 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
         "brier_skill": 1.0 - brier / brier_ref if brier_ref > 0 else float("nan"),
         "fitted_base_rate": fitted_base_rate,
         "calibrated": calibration_report(y, p_cal),
-        "raw": {"ece": ece(y, p_raw), "log_loss": float(log_loss(y, np.clip(p_raw, 1e-6, 1 - 1e-6), labels=[0, 1])),
+        "raw": {"auc": auc_raw, "auc_se": auc_raw_se, "ece": ece(y, p_raw), "log_loss": float(log_loss(y, np.clip(p_raw, 1e-6, 1 - 1e-6), labels=[0, 1])),
                 "reliability": reliability_table(y, p_raw)},
         "ev_gate": ev_gate_simulation(p_cal, realised, outcome["win"], outcome["loss"], margin,
                                       times, trade_end, pairs),

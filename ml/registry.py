@@ -365,13 +365,16 @@ class Registry:
 
         def change(doc):
             entry = self.version(name, version, doc)
-            if entry["status"] not in ("staged", "failed"):
-                raise RegistryError(f"{name} v{version} is {entry['status']}; only staged versions are validated")
+            if entry["status"] == "archived":
+                raise RegistryError(f"{name} v{version} is archived; validate a staged, failed or production version")
             if backtest is not None:
                 entry["backtest"] = backtest
             result = run_gates(entry["metrics"], gates, entry.get("backtest"))
             entry["gates"] = result
-            entry["status"] = "staged" if result["passed"] else "failed"
+            # A production version (force-promoted, say) is judged and the result recorded,
+            # but its status stays: demoting it is the operator's call (rollback).
+            if entry["status"] != "production":
+                entry["status"] = "staged" if result["passed"] else "failed"
             failed = [c["name"] for c in result["checks"] if not c["passed"]]
             self._event(doc, "validate", name, version, "passed" if result["passed"] else f"failed: {', '.join(failed)}")
             return result
@@ -526,9 +529,16 @@ def run_gates(metrics: dict[str, Any], gates, backtest: dict[str, Any] | None = 
         check("min_ev_return", ev_low, gates.min_ev_return, ev_low > gates.min_ev_return
               or (num("ev_gate_trades") == 0 and gates.min_trades == 0)),
     ]
+    # A model whose relation to the outcome is inverted on the calibration block (sigmoid
+    # slope <= 0) has no ranking to trade on. Models from before the slope was measured
+    # carry no value and are not judged on it.
+    if "calibration_slope" in metrics:
+        slope = num("calibration_slope")
+        checks.append(check("calibration_slope", slope, "> 0", slope > 0))
     # The backtest gate (filled by retrain): present only when a backtest was recorded.
     if backtest is not None and "passed" in backtest:
-        checks.append(check("backtest", backtest.get("summary"), "beats champion", backtest["passed"]))
+        checks.append(check("backtest", backtest.get("summary"), backtest.get("threshold", "beats champion"),
+                            backtest["passed"]))
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "time": _now()}
 
 

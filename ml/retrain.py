@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from ml import tracking
+from ml import jsonsafe, tracking
 from ml.bundle import load_bundle
 from ml.config import MLConfig
 from ml.data import DataError, candle_dates
@@ -258,7 +258,9 @@ class Retrain:
             # Against a champion, earning more is enough (staying out while the champion
             # loses counts); with no champion, it must trade and make money.
             passed = challenger_bt["profit_total"] > floor and (champion_bt is not None or challenger_bt["trades"] > 0)
-            backtest_gate = {**challenger_bt, "passed": passed, "summary": f"profit {challenger_bt['profit_total']:.4f} "
+            backtest_gate = {**challenger_bt, "passed": passed,
+                             "threshold": "beats the champion's profit" if champion_bt else "profit > 0 with trades",
+                             "summary": f"profit {challenger_bt['profit_total']:.4f} "
                              f"vs {'champion ' if champion_bt else ''}{floor:.4f}, {challenger_bt['trades']} trades"}
         gates = run_gates(trained["test"], self.cfg.gate, backtest_gate)
         reasons += [f"gate {c['name']} failed ({c['value']} vs {c['threshold']})" for c in gates["checks"] if not c["passed"]]
@@ -334,6 +336,33 @@ def _write_owner(owner: Path, holder: dict[str, Any]) -> None:
     tmp = owner.with_name(f".{owner.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(holder))
     os.replace(tmp, owner)
+
+
+def _user_data_of(config_path: str | Path) -> Path:
+    """user_data of a config, even when the config itself is what failed to load."""
+    try:
+        from ml.cli import freqtrade_settings
+
+        return Path(freqtrade_settings(config_path)["user_data_dir"]).resolve()
+    except Exception:  # noqa: BLE001 - a broken config: log beside it
+        return (Path(config_path).resolve().parent / "user_data").resolve()
+
+
+def record_run(config_path: str | Path, summary: dict[str, Any]) -> None:
+    """Append the run's summary, timestamped, to user_data/logs/retrain.jsonl; a failed run
+    also gets its line in retrain.log (a successful one logged itself already)."""
+    logs = _user_data_of(config_path) / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        with open(logs / "retrain.jsonl", "a") as f:
+            f.write(jsonsafe.dumps({"time": stamp, **summary}) + "\n")
+        if summary.get("decision") == "error":
+            with open(logs / "retrain.log", "a") as f:
+                f.write(f"{stamp} ERROR ftml.retrain: Retrain failed (exit {summary.get('exit_code')}): "
+                        f"{summary.get('error')}\n")
+    except OSError as err:
+        logger.warning("Could not record the retrain run in %s: %s", logs, err)
 
 
 def _setup_log(user_data: Path) -> logging.Handler:

@@ -111,6 +111,18 @@ class MLGatedStrategy(IStrategy):
         except (FtmlError, OSError, ValueError) as err:
             self._say(f"load:{err}", "ML gate closed for %s (no entries): %s", self.model_name, err)
             return None
+        if model.bundle.calibrator.method == "constant":
+            self._say(f"constant:{model.version}", "ML gate closed: %s v%s has a constant calibrator (its scores "
+                      "carried no information on the calibration block), so there is nothing to select on; no "
+                      "entries. Retrain, or roll back to a model with a ranking.", model.name, model.version)
+            return None
+        trained_on = model.entry.get("signal")
+        if trained_on is not None and trained_on != self.signal_name:
+            self._say(f"signal:{model.version}", "ML gate closed: %s v%s was trained on the %r signal's trades, this "
+                      "strategy enters on %r; its probabilities do not describe these entries. Train a model for "
+                      "this signal (`ftml train --signal %s`).", model.name, model.version, trained_on,
+                      self.signal_name, self.signal_name)
+            return None
         if model.label.get("barrier") != "fixed":
             self._say("barrier", "ML gate closed: model %s v%s uses %s barriers; the gated strategies trade "
                       "fixed barriers only (ROI/stoploss). Retrain with ml.label.barrier = 'fixed'.",

@@ -128,7 +128,7 @@ def test_lookahead_and_recursive_analysis_of_gated_strategies(planted):
         assert "No lookahead bias on indicators found" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("breakage", ["no_model", "corrupt", "feature_mismatch"])
+@pytest.mark.parametrize("breakage", ["no_model", "corrupt", "feature_mismatch", "constant", "other_signal"])
 def test_fails_closed_with_one_log_line(planted, tmp_path, breakage):
     root = tmp_path
     shutil.copy(planted / "config.json", root / "config.json")
@@ -147,9 +147,22 @@ def test_fails_closed_with_one_log_line(planted, tmp_path, breakage):
             data[-10] ^= 0xFF
             model.write_bytes(bytes(data))
             expected = "sha256 mismatch"
-        else:
+        elif breakage == "feature_mismatch":
             cfg["ml"]["features"] = {"periods": [6, 14, 30]}
             expected = "features.periods"
+        else:  # a well-formed version the gate must still refuse
+            reg = open_registry(root / "registry")
+            copy = root / "bundle_copy"
+            shutil.copytree(root / "registry" / reg.production("trend_pullback")["path"], copy)
+            if breakage == "constant":
+                (copy / "calibrator.json").write_text(json.dumps({"method": "constant", "p": 0.9}))
+                expected = "constant calibrator"
+            else:
+                manifest = json.loads((copy / "bundle.json").read_text())
+                (copy / "bundle.json").write_text(json.dumps({**manifest, "signal": "mean_reversion"}))
+                expected = "trained on the 'mean_reversion' signal"
+            version = reg.register(copy, "trend_pullback")["id"]
+            reg.promote("trend_pullback", version, force=True, reason=breakage)
     (root / "config.json").write_text(json.dumps(cfg))
     (root / "bt").mkdir()
     done = run_ftml("freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy", "TrendPullbackML",
@@ -183,18 +196,19 @@ def test_hot_reload_switches_model_on_the_next_candle(planted, tmp_path, caplog)
     first = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
     p_old = first["ml_proba"].iloc[-1]
     assert 0 < p_old < 1 and strategy.model.version == 1
-    # A new version whose calibrator says 0.9 everywhere: unmistakable on the next candle.
+    # A new version whose calibrator says ~0.9 everywhere: unmistakable on the next candle.
+    # (A sigmoid with a tiny slope: a *constant* calibrator is refused, it has no ranking.)
     reg = open_registry(store)
     entry = reg.production("trend_pullback")
     new_bundle = tmp_path / "v2"
     shutil.copytree(store / entry["path"], new_bundle)
-    (new_bundle / "calibrator.json").write_text(json.dumps({"method": "constant", "p": 0.9}))
+    (new_bundle / "calibrator.json").write_text(json.dumps({"method": "sigmoid", "a": 1e-6, "b": 2.1972246}))
     reg.register(new_bundle, "trend_pullback")
     reg.promote("trend_pullback", 2, force=True, reason="hot reload test")
     same_candle = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
     assert same_candle["ml_proba"].iloc[-1] == p_old  # at most one check per new candle
     nxt = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 01:00"), {"pair": "P1/BTC"})
-    assert strategy.model.version == 2 and nxt["ml_proba"].iloc[-1] == pytest.approx(0.9)
+    assert strategy.model.version == 2 and nxt["ml_proba"].iloc[-1] == pytest.approx(0.9, abs=1e-4)
     # Production moves to a version that cannot be loaded (tampered after its promotion):
     # the gate closes. Keeping v2 would trade a model the operator replaced.
     broken = tmp_path / "v3"

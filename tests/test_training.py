@@ -48,6 +48,9 @@ def test_null_market_reports_no_edge(tmp_path, seed):
     summary = run_training(tmp_path, "null", seed, n_pairs=16, candles=6000)
     test = summary["test"]
     assert abs(test["auc"] - 0.5) <= 0.03
+    # The raw model too: a constant calibrator would make the calibrated AUC 0.5 whatever
+    # the model ranks, so the null check must not rest on that number alone.
+    assert test["auc_raw"] - 2 * test["auc_raw_se"] <= 0.5 and abs(test["auc_raw"] - 0.5) <= 0.05
     # The model can only know the base rate of the rows it was fitted on; the test block's
     # own hit rate differs from it by sampling noise, which we bound separately.
     assert abs(test["mean_p"] - test["fitted_base_rate"]) <= 0.02
