@@ -153,7 +153,8 @@ def test_ev_gate_counts_trades_a_bot_could_make_not_overlapping_rows():
     assert np.flatnonzero(keep).tolist() == [0, 25, 50, 75]
     both = non_overlapping(np.r_[times, times], np.r_[label_end, label_end], np.r_[pairs, np.array(["C/D"] * 100)])
     assert both.sum() == 8  # pairs trade independently
-    sim = ev_gate_simulation(np.full(100, 0.9), np.full(100, 0.01), 0.03, -0.03, 0.0, times, label_end, pairs)
+    p = np.linspace(0.8, 0.9, 100)  # ranked (a constant p takes no trade at all)
+    sim = ev_gate_simulation(p, np.full(100, 0.01), 0.03, -0.03, 0.0, times, label_end, pairs)
     assert sim["gated"]["trades"] == 4 and sim["gated"]["signal_rows"] == 100
 
 
