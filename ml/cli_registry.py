@@ -1,5 +1,5 @@
-"""``ftml registry ...``: list, show, validate, promote, rollback, archive, delete, history,
-verify and diff, with rich tables for people and ``--json`` for scripts.
+"""``ftml registry ...``: list, show, validate, promote, rollback, disable, enable, archive,
+delete, history, verify and diff, with rich tables for people and ``--json`` for scripts.
 
 Exit codes: 0 done; 1 ``verify`` found a problem or ``validate`` failed a gate; 2 the
 operation was refused (unknown model or version, a transition that is not allowed, the
@@ -128,6 +128,24 @@ def cmd_rollback(args) -> int:
     return _done(args, "rollback", reg.rollback(args.name, reason=args.reason or ""))
 
 
+def cmd_disable(args) -> int:
+    reg, _ = _registry(args)
+    model = reg.disable(args.name, reason=args.reason or "")
+    _emit(args, {"action": "disable", "model": args.name, "disabled": model["disabled"]},
+          lambda console, d: console.print(f"[red]{d['model']} disabled[/]: gated strategies stop entering on their "
+                                           "next candle; open trades keep their exits. `ftml registry enable` lifts it."))
+    return EXIT_OK
+
+
+def cmd_enable(args) -> int:
+    reg, _ = _registry(args)
+    model = reg.enable(args.name, reason=args.reason or "")
+    _emit(args, {"action": "enable", "model": args.name, "production": model.get("production")},
+          lambda console, d: console.print(f"{d['model']} enabled: production v{d['production']} trades again from "
+                                           "the next candle"))
+    return EXIT_OK
+
+
 def cmd_archive(args) -> int:
     reg, _ = _registry(args)
     return _done(args, "archive", reg.archive(args.name, args.version, reason=args.reason or ""))
@@ -238,6 +256,10 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="promote without passing gates (needs --reason)")
     p.add_argument("--reason", help="why (recorded in the event log)")
     p = action("rollback", cmd_rollback, "restore the previous production version")
+    p.add_argument("--reason")
+    p = action("disable", cmd_disable, "kill switch: close every gate of this model now (production is kept)")
+    p.add_argument("--reason", required=True, help="why (recorded in the event log)")
+    p = action("enable", cmd_enable, "lift the kill switch")
     p.add_argument("--reason")
     p = action("archive", cmd_archive, "retire a version that is not production", version=True)
     p.add_argument("--reason")

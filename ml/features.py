@@ -209,6 +209,7 @@ class FeatureEngineer:
     def __init__(self, settings: FeatureSettings | None = None, timeframe: str = "1h"):
         self.settings = settings or FeatureSettings()
         self.timeframe = timeframe
+        self._warned: set[tuple[str, str]] = set()  # (source, bad candle) already warned about
         self._base = pd.Timedelta(timeframe)
         self.higher_timeframes = [
             h for h in self.settings.higher_timeframes if pd.Timedelta(h) > self._base
@@ -238,16 +239,28 @@ class FeatureEngineer:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------- transform
-    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
-        """Return ``df`` plus the feature columns; same rows, same order, same index."""
+    def transform(self, df: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+        """Return ``df`` plus the feature columns; same rows, same order, same index.
+
+        ``source`` (the pair) names the frame in warnings and makes them once per source and
+        bad candle: a strategy transforms the same window again on every new candle, and one
+        zero-volume candle must not warn until it leaves the frame.
+        """
         missing = [c for c in REQUIRED if c not in df.columns]
         if missing:
             raise KeyError(f"FeatureEngineer needs columns {missing}; the frame has {list(df.columns)}")
-        features = self._compute(df)
+        features = self._compute(df, source)
         return pd.concat([df, features], axis=1)
 
-    def _compute(self, df: pd.DataFrame) -> pd.DataFrame:
-        bad = self._bad_rows(df)
+    def _warn_once(self, source: str | None, key: str, message: str, *args) -> None:
+        if source is not None:
+            if (source, key) in self._warned:
+                return
+            self._warned.add((source, key))
+        logger.warning("FeatureEngineer%s: " + message, f" ({source})" if source else "", *args)
+
+    def _compute(self, df: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+        bad = self._bad_rows(df, source)
         clean = self._bridge(df, bad) if bad.any() else df
         if len(df) < self.startup_candles:
             logger.warning(
@@ -284,23 +297,21 @@ class FeatureEngineer:
             block[:, bad] = np.nan
         return pd.DataFrame(block.T, index=df.index, columns=[PREFIX + k for k in cols], copy=False)
 
-    @staticmethod
-    def _bad_rows(df: pd.DataFrame) -> np.ndarray:
+    def _bad_rows(self, df: pd.DataFrame, source: str | None = None) -> np.ndarray:
         prices = df[["open", "high", "low", "close"]].to_numpy(dtype="float64")
         volume = df["volume"].to_numpy(dtype="float64")
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(prices).all(axis=1) | (prices <= 0).any(axis=1) | ~np.isfinite(volume)
         if bad.any():
             first = df["date"].iloc[int(np.argmax(bad))]
-            logger.warning(
-                "FeatureEngineer: %d candles with NaN/inf or non-positive values (first at %s): "
-                "their features are NaN; later candles bridge them with the previous price.",
-                int(bad.sum()), first,
-            )
-        zero_volume = int((volume == 0).sum())
-        if zero_volume:
-            logger.warning("FeatureEngineer: %d candles with zero volume: volume features are NaN there.",
-                           zero_volume)
+            self._warn_once(source, f"bad:{first}", "%d candles with NaN/inf or non-positive values (first at %s): "
+                            "their features are NaN; later candles bridge them with the previous price.",
+                            int(bad.sum()), first)
+        zero = volume == 0
+        if zero.any():
+            first = df["date"].iloc[int(np.argmax(zero))]
+            self._warn_once(source, f"zero:{first}", "%d candles with zero volume (first at %s): volume features "
+                            "are NaN there.", int(zero.sum()), first)
         return bad
 
     @staticmethod

@@ -148,17 +148,46 @@ def install(offline: bool) -> None:
         Exchange.check_time_offset = lambda self: None
 
 
+class _RefusedConfig(logging.Handler):
+    """Notes freqtrade's "Configuration error" log line: freqtrade then exits 0 although
+    nothing ran (seen: a 5m strategy needing more startup candles than the exchange gives)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Configuration error"):
+            self.messages.append(message.split("\n")[0])
+
+
+STARTUP_HINT = (" For the gated strategies the FeatureEngineer's warm-up sets startup_candle_count: at short "
+                "timeframes use fewer/shorter ml.features.higher_timeframes (at 5m: [\"1h\"]) or smaller "
+                "ml.features.periods.")
+
+
 def run_freqtrade(args: list[str], offline: bool) -> int:
-    """Run freqtrade's CLI in this process with the market patch; return its exit code."""
+    """Run freqtrade's CLI in this process with the market patch; return its exit code
+    (2, with one line saying why, where freqtrade refused its configuration but exited 0)."""
     install(offline)
     from freqtrade.main import main as freqtrade_main
 
+    refused = _RefusedConfig()
+    logging.getLogger("freqtrade").addHandler(refused)
     try:
         freqtrade_main(args)
+        code: int = 0
     except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        logging.getLogger("freqtrade").removeHandler(refused)
+    if code == 0 and refused.messages:
+        hint = STARTUP_HINT if "candles to start" in refused.messages[0] else ""
+        print(f"ftml: error: freqtrade refused the configuration, nothing ran: {refused.messages[0]}.{hint}",
+              file=sys.stderr)
+        return 2
+    return code
 
 
 if __name__ == "__main__":  # python -m ml.offline [--offline] ARGS

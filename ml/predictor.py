@@ -83,6 +83,10 @@ class ProductionModel:
         registry = open_registry(store)
         key = stat_key(registry.index)
         doc = registry.read()
+        disabled = doc["models"].get(name, {}).get("disabled")
+        if disabled:
+            raise RegistryError(f"{name} is disabled by the operator ({disabled.get('reason')}, {disabled.get('time')}): "
+                                f"no entries. `ftml registry enable {name}` lifts it.")
         entry = registry.production(name, doc) if name in doc["models"] else None
         if entry is None:
             raise RegistryError(f"No production model '{name}' in {registry.root}: run `ftml registry list`, "

@@ -462,6 +462,33 @@ class Registry:
         if why:
             raise IntegrityError(f"Refusing {name} v{version}: {why}")
 
+    def disable(self, name: str, reason: str) -> dict[str, Any]:
+        """The kill switch: every gated strategy of ``name`` stops entering on its next candle
+        (open trades keep their exits); production stays as it is, for ``enable``."""
+        if not reason:
+            raise RegistryError("disable needs --reason: say why the gate is closed (it is in the event log)")
+
+        def change(doc):
+            model = self.model(name, doc)
+            model["disabled"] = {"time": _now(), "reason": reason, **_origin()}
+            self._event(doc, "disable", name, model.get("production"), reason)
+            return model
+
+        return self._transaction(change)
+
+    def enable(self, name: str, reason: str = "") -> dict[str, Any]:
+        """Lift the kill switch: the production version trades again from the next candle."""
+
+        def change(doc):
+            model = self.model(name, doc)
+            if not model.get("disabled"):
+                raise RegistryError(f"{name} is not disabled")
+            model["disabled"] = None
+            self._event(doc, "enable", name, model.get("production"), reason)
+            return model
+
+        return self._transaction(change)
+
     def archive(self, name: str, version: int, reason: str = "") -> dict[str, Any]:
         def change(doc):
             entry = self.version(name, version, doc)

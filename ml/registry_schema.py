@@ -86,6 +86,7 @@ class Model(_Loose):
     production: StrictInt | None = None
     production_history: list[StrictInt] = Field(default_factory=list)
     versions: dict[StrictStr, Version]
+    disabled: dict[StrictStr, Any] | None = None  # the kill switch (ftml registry disable)
 
 
 class Event(_Loose):

@@ -52,9 +52,13 @@ class MLGatedStrategy(IStrategy):
     timeframe = "1h"
     process_only_new_candles = True
     use_exit_signal = True  # custom_exit (the time exit) only runs with exit signals on
-    # Replaced by the production model's barriers in bot_start (and by config "ml.label"
-    # until a model is there), so open trades always have exits.
-    minimal_roi = {"0": 0.03}
+    # Each trade exits with the barriers of the model that opened it (its enter_tag names
+    # the version): the take-profit comes from custom_roi, the time exit from custom_exit,
+    # and the stop-loss is fixed on the trade at entry from `stoploss` (the model's then).
+    # freqtrade takes the lower of minimal_roi and custom_roi, so minimal_roi stays out of
+    # the way; a hot reload to a model with other barriers never changes an open trade.
+    use_custom_roi = True
+    minimal_roi = {"0": 100.0}
     stoploss = -0.03
 
     signal_name = "trend_pullback"
@@ -78,7 +82,8 @@ class MLGatedStrategy(IStrategy):
         self.model: ProductionModel | None = None
         self.model_name = self.model_name or self.signal_name
         self.horizon = self.ml.label.horizon
-        self._apply_barriers({"label": self.ml.label.model_dump()}, loaded=False)
+        self._exits: dict[str, dict[str, float]] = {}  # enter_tag -> that model's exits
+        self._apply_barriers({"label": self.ml.label.model_dump()})
         self._said: set[str] = set()
         self._last_check: pd.Timestamp | None = None
         self._registry = open_registry(self.ml.registry.path)
@@ -94,16 +99,14 @@ class MLGatedStrategy(IStrategy):
             self._said.add(key)
             logger.log(level, message, *args)
 
-    def _apply_barriers(self, entry: dict[str, Any], loaded: bool = True) -> None:
+    def _apply_barriers(self, entry: dict[str, Any]) -> None:
         """Exits and EV inputs from a registry entry (or {"label": config label} before one)."""
         label = entry["label"]
         self.outcome = outcome_returns_of(entry)
         self.take_profit, self.stop_loss = float(label["take_profit"]), float(label["stop_loss"])
         self.fee, self.horizon = float(label["fee"]), int(label["horizon"])
-        # Before freqtrade's resolver runs, minimal_roi has config-style string keys; after
-        # it, the int keys the resolver would have made.
-        self.minimal_roi = {0: self.take_profit} if loaded else {"0": self.take_profit}
         self.stoploss = -self.stop_loss
+        self._exits[self._tag(entry)] = {"take_profit": self.take_profit, "horizon": self.horizon}
 
     def _try_load(self) -> ProductionModel | None:
         try:
@@ -175,10 +178,15 @@ class MLGatedStrategy(IStrategy):
             return
         self._seen_key = key
         try:
-            production = self._registry.read()["models"].get(self.model_name, {}).get("production")
+            state = self._registry.read()["models"].get(self.model_name, {})
         except Exception as err:  # a corrupt or hostile registry.json must not keep a pulled model live
             self._close("ML gate closed for %s: registry.json cannot be read (%s); no entries until it is fixed. "
                         "Open trades keep their exits.", self.model_name, err)
+            return
+        production, disabled = state.get("production"), state.get("disabled")
+        if disabled:
+            self._close("ML gate closed: %s was disabled by the operator (%s); no entries until `ftml registry enable "
+                        "%s`. Open trades keep their exits.", self.model_name, disabled.get("reason"), self.model_name)
             return
         if self.model is not None and production == self.model.version:
             self.model.stat_key = key  # rewritten, same production: nothing to load
@@ -199,7 +207,7 @@ class MLGatedStrategy(IStrategy):
 
     # ------------------------------------------------------------------ freqtrade hooks
     def populate_indicators(self, dataframe: pd.DataFrame, metadata: dict) -> pd.DataFrame:
-        dataframe = self.engineer.transform(dataframe)
+        dataframe = self.engineer.transform(dataframe, metadata.get("pair", "?"))
         dataframe["base_signal"] = get_signal(self.signal_name)(dataframe)
         if len(dataframe):
             self._maybe_reload(dataframe["date"].iloc[-1])
@@ -242,14 +250,39 @@ class MLGatedStrategy(IStrategy):
             dataframe.loc[base, ["enter_long", "enter_tag"]] = (1, "ungated_fallback")
             return dataframe
         gate = (dataframe["ml_ev"] > self.ev_margin.value) & ~dataframe["ml_blocked"]
-        dataframe.loc[base & gate, ["enter_long", "enter_tag"]] = (1, "ml_gate")
+        dataframe.loc[base & gate, ["enter_long", "enter_tag"]] = (1, self._tag(self.model.entry if self.model else {}))
         return dataframe
 
     def populate_exit_trend(self, dataframe: pd.DataFrame, metadata: dict) -> pd.DataFrame:
         return dataframe
 
+    @staticmethod
+    def _tag(entry: dict[str, Any]) -> str:
+        """The enter_tag of trades a model opens: it names the version, so the trade keeps
+        that model's exits whatever is production later ("ungated" for config barriers)."""
+        return f"ml_gate:v{entry['id']}" if "id" in entry else "ungated_fallback"
+
+    def exits_of(self, entry_tag: str | None) -> dict[str, float]:
+        """Take-profit and horizon of the model that opened a trade. After a restart an open
+        trade's model may not be loaded: its barriers are read from the registry once."""
+        tag = entry_tag or "ungated_fallback"
+        if tag not in self._exits and tag.startswith("ml_gate:v"):
+            try:
+                label = self._registry.version(self.model_name, int(tag.split(":v", 1)[1]))["label"]
+                self._exits[tag] = {"take_profit": float(label["take_profit"]), "horizon": int(label["horizon"])}
+            except Exception as err:  # noqa: BLE001 - an open trade must keep *some* exits
+                self._say(f"exits:{tag}", "ML gate: barriers of %s not found (%s); that trade uses the current "
+                          "model's exits.", tag, err)
+                self._exits[tag] = {"take_profit": self.take_profit, "horizon": self.horizon}
+        return self._exits.get(tag, {"take_profit": self.take_profit, "horizon": self.horizon})
+
+    def custom_roi(self, pair: str, trade, current_time: datetime, trade_duration: int, entry_tag: str | None,
+                   side: str, **kwargs) -> float | None:
+        return self.exits_of(entry_tag)["take_profit"]
+
     def custom_exit(self, pair: str, trade, current_time: datetime, current_rate: float,
                     current_profit: float, **kwargs):
-        if time_exit_due(trade.open_date_utc, current_time, self.horizon, self.timeframe):
+        horizon = int(self.exits_of(trade.enter_tag)["horizon"])
+        if time_exit_due(trade.open_date_utc, current_time, horizon, self.timeframe):
             return "time_exit"
         return None
