@@ -17,7 +17,7 @@ from ml.registry import RegistryError, open_registry
 from ml.synth import simulate
 from tests.conftest import SHARED_DATA, run_ftml, write_config
 from tests.test_registry import bundle  # noqa: F401
-from tests.test_strategies import live_frames, load_strategy, planted  # noqa: F401
+from tests.test_strategies import dry_run_on_a_copy, live_frames, load_strategy, planted  # noqa: F401
 
 
 def test_disable_and_enable_are_logged_and_need_a_reason(tmp_path, bundle):  # noqa: F811
@@ -57,15 +57,9 @@ def test_kill_switch_closes_the_gate_on_the_next_candle_and_enable_reopens_it(pl
 def test_an_open_trade_keeps_the_exits_of_the_model_that_opened_it(planted, tmp_path):  # noqa: F811
     """v1 trades 3% / 3% / 24 candles; v2 arrives with 6% take-profit and 48 candles. A trade
     opened under v1 used to keep v1's stop but get v2's take-profit and time exit."""
-    from freqtrade.persistence import Trade, init_db
+    from freqtrade.persistence import Trade
 
-    store = tmp_path / "registry"
-    shutil.copytree(planted / "registry", store)
-    strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
-    frame = strategy.analyze_ticker(live_frames(planted, "P2/BTC", "2025-08-01"), {"pair": "P2/BTC"})
-    init_db("sqlite://")
-    open_date = frame["date"].iloc[-1].to_pydatetime() + timedelta(hours=1)
-    rate = float(frame["close"].iloc[-1])
+    strategy, store, open_date, rate = dry_run_on_a_copy(planted, tmp_path)
 
     def trade(tag):
         t = Trade(pair="P2/BTC", open_rate=rate, open_date=open_date, amount=1.0, stake_amount=rate, fee_open=0.001,

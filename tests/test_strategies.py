@@ -258,16 +258,23 @@ def test_config_ev_margin_is_the_strategys_margin(planted, tmp_path):
     assert load_strategy(planted, "TrendPullbackML").ev_margin.value == pytest.approx(0.005)
 
 
-def test_open_trade_keeps_its_exits_when_the_model_disappears(planted, tmp_path):
-    from freqtrade.persistence import Trade, init_db
+def dry_run_on_a_copy(planted: Path, tmp_path: Path):
+    """A dry-run TrendPullbackML on a copy of the planted registry, after one candle of P2/BTC,
+    with an in-memory trade database: (strategy, store, open date and rate of a next trade)."""
+    from freqtrade.persistence import init_db
 
     store = tmp_path / "registry"
     shutil.copytree(planted / "registry", store)
     strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
     frame = strategy.analyze_ticker(live_frames(planted, "P2/BTC", "2025-08-01"), {"pair": "P2/BTC"})
     init_db("sqlite://")
-    open_date = frame["date"].iloc[-1].to_pydatetime() + timedelta(hours=1)
-    rate = float(frame["close"].iloc[-1])
+    return strategy, store, frame["date"].iloc[-1].to_pydatetime() + timedelta(hours=1), float(frame["close"].iloc[-1])
+
+
+def test_open_trade_keeps_its_exits_when_the_model_disappears(planted, tmp_path):
+    from freqtrade.persistence import Trade
+
+    strategy, store, open_date, rate = dry_run_on_a_copy(planted, tmp_path)
     trade = Trade(pair="P2/BTC", open_rate=rate, open_date=open_date, amount=1.0, stake_amount=rate,
                   fee_open=0.001, fee_close=0.001, exchange="binance", is_open=True, leverage=1.0)
     trade.adjust_stop_loss(rate, strategy.stoploss, initial=True)
