@@ -148,9 +148,14 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
     # competes; the slope is reported and gated (run_gates: calibration_slope).
     slope = SigmoidCalibrator().fit(p_raw, y).a
     # Each half must itself be large enough for isotonic.
+    # Cross-fitting fits on each time-half: a half with one class (rare losses, say) can fit
+    # nothing but a constant, so only the constant competes then.
+    half = len(y) // 2
+    both_halves = len(np.unique(y[:half])) == 2 and len(np.unique(y[half:])) == 2
     allowed = [m for m in COMPLEXITY_ORDER if m in methods
                and (m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS)
-               and (m != "sigmoid" or slope > 0)]
+               and (m != "sigmoid" or slope > 0)
+               and (m == "constant" or both_halves)]
     losses = {m: _cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
     best = allowed[0]
     for method in allowed[1:]:
@@ -159,6 +164,8 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
             best = method
     scores = {m: float(v.mean()) for m, v in losses.items()}
     info = {"method": best, "cross_fit_log_loss": scores, "slope": float(slope)}
-    if slope <= 0:
+    if not both_halves:
+        info["refused"] = "one half of the calibration block has a single class: only a constant can be fitted"
+    elif slope <= 0:
         info["refused"] = f"sigmoid slope {slope:.3f} <= 0 would invert the model's ranking"
     return MAKERS[best]().fit(p_raw, y), info

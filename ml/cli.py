@@ -117,9 +117,18 @@ def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlco
         training["families"] = args.families
     if args.signal is not None:
         training["signal"] = None if args.signal.lower() in ("none", "null", "all") else args.signal
+    if getattr(args, "strategy", None):
+        training["strategy"] = args.strategy
     if args.tracking:
         data["tracking"]["mode"] = args.tracking
-    data["model"]["name"] = model_name_for(data["model"]["name"], training["signal"], args)
+    if training.get("strategy"):
+        from ml.trade_labels import strategy_name
+
+        # A model of a strategy's trades is named after the user's strategy class, the name
+        # its gated twin (MLGate) looks up.
+        data["model"]["name"] = getattr(args, "model", None) or strategy_name(args.config, training["strategy"])
+    else:
+        data["model"]["name"] = model_name_for(data["model"]["name"], training["signal"], args)
     return mlconfig.from_dict(data, source="command line")
 
 
@@ -151,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ml.train import TrainRequest, train
 
     cfg = training_overrides(mlconfig.load(args.config), args)
-    if cfg.training.signal and cfg.training.signal not in SIGNALS:
+    if cfg.training.signal and not cfg.training.strategy and cfg.training.signal not in SIGNALS:
         raise UserError(f"Unknown signal '{cfg.training.signal}'. Choose one of: {', '.join(SIGNALS)}, or none.")
     ft = freqtrade_settings(args.config)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -163,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         timerange=args.timerange, data_format=ft["data_format"],
         output=Path(args.output) if args.output else user_data / "models" / cfg.model.name / stamp,
         storage=storage, study=cfg.training.study or f"{cfg.model.name}-{stamp}",
-        tracking_mode=None, worker_only=args.worker_only,
+        tracking_mode=None, worker_only=args.worker_only, strategy=cfg.training.strategy,
+        config_path=Path(args.config),
     )
     if args.worker_only and not cfg.training.study:
         raise UserError("--worker-only adds trials to a shared study: name it with --study (and --storage).")
@@ -197,6 +207,14 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- retrain
+def _user_data_of(config_path: str) -> Path:
+    """user_data of a config, even when the config itself is what failed to load."""
+    try:
+        return Path(freqtrade_settings(config_path)["user_data_dir"]).resolve()
+    except Exception:  # noqa: BLE001 - a broken config: log beside it
+        return (Path(config_path).resolve().parent / "user_data").resolve()
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     """Every run, refused or failed too, prints one JSON line and leaves a log entry plus a
     line in user_data/logs/retrain.jsonl: cron sends stderr to /dev/null, so a failure
@@ -213,10 +231,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         summary = {"decision": "error", "error": first, "exit_code": code}
         if not isinstance(err, FtmlError):
             logging.getLogger("ftml.retrain").exception("Retrain failed")
-        record_run(args.config, summary)
+        record_run(_user_data_of(args.config), summary)
         print(jsonsafe.dumps(summary))
         raise
-    record_run(args.config, summary)
+    record_run(_user_data_of(args.config), summary)
     print(jsonsafe.dumps(summary))
     return EXIT_OK
 
@@ -296,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser(
         "train",
         help="tune, fit, calibrate and evaluate a model on the config's pairs",
-        description="Build the pooled dataset (rows where the base signal fired, or all candles), "
+        description="Build the pooled dataset (with --strategy: every trade the strategy makes in freqtrade's "
+        "backtesting engine, one row each; otherwise rows where a base signal fired, or all candles), "
         "tune with Optuna on purged walk-forward folds of the training block, refit the best trial, "
         "calibrate on the calibration block, evaluate once on the test block, and save a bundle "
         "(model, calibrator, metrics.json, plots) plus a W&B run. Prints one JSON summary line.",
@@ -310,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--storage", help="Optuna storage URL (default: sqlite in user_data)")
     tr.add_argument("--study", help="study name; an existing study resumes (default: new, timestamped)")
     tr.add_argument("--workers", type=int, help="worker processes on the study, each on its own cores")
+    tr.add_argument("--strategy", help="learn from this freqtrade strategy's own trades (its class name, as for "
+                                       "freqtrade; a gated MyStrategyML means MyStrategy). The model is named after "
+                                       "the strategy, which MyStrategyML(MLGate, MyStrategy) loads")
     tr.add_argument("--signal", help="base signal whose candles are the rows, or 'none' for all candles")
     tr.add_argument("--model", help="registry model name (default: ml.model.name, or the signal's name when "
                                     "--signal names another signal)")

@@ -61,6 +61,8 @@ class LabelSettings(_Section):
     atr_period: int = Field(14, ge=2)
     horizon: int = Field(24, ge=1, le=5000, description="Candles until the time exit.")
     fee: float = Field(0.002, ge=0.0, lt=0.1, description="Round-trip fee fraction.")
+    min_profit: float = Field(0.0, ge=-0.5, le=0.5, description="Strategy trades: label 1 when the trade's net "
+                              "profit ratio after fees is above this.")
 
     @model_validator(mode="after")
     def _fixed_barriers_are_fractions(self) -> LabelSettings:
@@ -74,6 +76,8 @@ class LabelSettings(_Section):
 
 class TrainingSettings(_Section):
     signal: str | None = Field("trend_pullback", description="Base signal, or null for all candles.")
+    strategy: str | None = Field(None, description="Learn from this freqtrade strategy's own trades "
+                                 "(its class name); overrides signal.")
     families: list[ModelFamily] = Field(default_factory=lambda: list(ALL_FAMILIES), min_length=1)
     trials: int = Field(30, ge=1)
     timeout: float | None = Field(None, gt=0)

@@ -42,12 +42,17 @@ class Dataset:
     feature_set_id: str
     info: dict[str, Any] = field(default_factory=dict)
     exit_times: np.ndarray | None = None  # when the labelled trade really closed (a bot's next entry)
+    sides: np.ndarray | None = None  # "long" / "short" per row (strategy trades); None: all long
 
     def take(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.X.iloc[idx], self.y[idx], self.realised[idx], self.take_profit[idx],
                        self.stop_loss[idx], self.times[idx], self.label_end[idx], self.pairs[idx],
                        self.feature_set_id, self.info,
-                       None if self.exit_times is None else self.exit_times[idx])
+                       None if self.exit_times is None else self.exit_times[idx],
+                       None if self.sides is None else self.sides[idx])
+
+    def side_of_rows(self) -> np.ndarray:
+        return self.sides if self.sides is not None else np.full(len(self.y), "long")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -130,4 +135,77 @@ def build_dataset(cfg: MLConfig, datadir: str | Path, pairs: list[str], timefram
         pairs=pooled["pair"].to_numpy(),
         feature_set_id=engineer.feature_set_id,
         info=info,
+    )
+
+
+def trade_rows(run, engineer: FeatureEngineer, min_profit: float, with_side: bool) -> tuple[pd.DataFrame, dict]:
+    """One row per closed trade of a ``TradeRun``: the features of its signal candle (the
+    candle before the fill), the side, the label (net profit ratio > ``min_profit``), the
+    realised return, and the close time as ``label_end``."""
+    from ml.gate import SIDE_FEATURE
+
+    step = pd.Timedelta(run.timeframe)
+    parts, per_pair = [], {}
+    for pair, trades in run.trades.groupby("pair", sort=True):
+        candles = run.candles.get(pair)
+        if candles is None or candles.empty:
+            per_pair[pair] = {"trades": len(trades), "rows": 0, "no_features": len(trades)}
+            continue
+        feats = engineer.features(candles, pair)
+        feats.index = pd.DatetimeIndex(pd.to_datetime(candles["date"], utc=True))
+        signal = pd.to_datetime(trades["open_date"], utc=True) - step
+        rows = feats.reindex(signal.to_numpy())
+        rows.index = trades.index
+        usable = rows[engineer.feature_names].notna().any(axis=1).to_numpy()
+        rows = rows.loc[usable]
+        kept = trades.loc[usable]
+        rows.insert(0, "date", signal[usable].to_numpy())
+        if with_side:
+            rows[SIDE_FEATURE] = kept["is_short"].astype(np.float64).to_numpy()
+        rows["realised"] = kept["profit_ratio"].astype(np.float64).to_numpy()
+        rows["label"] = (rows["realised"] > min_profit).astype(np.int64)
+        rows["label_end"] = pd.to_datetime(kept["close_date"], utc=True).to_numpy()
+        rows["pair"] = pair
+        rows["side"] = np.where(kept["is_short"].to_numpy(dtype=bool), "short", "long")
+        parts.append(rows)
+        per_pair[pair] = {"trades": len(trades), "rows": int(usable.sum()), "no_features": int((~usable).sum())}
+    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), per_pair
+
+
+def build_trade_dataset(cfg: MLConfig, run, min_rows: int | None = None) -> Dataset:
+    """The pooled training set of a strategy's own trades (``ml.trade_labels.TradeRun``).
+
+    Features are the FeatureEngineer's on the candles the strategy saw, plus ``side_short``
+    when the strategy can short; refuses, with the numbers, when too few trades remain.
+    """
+    from ml.gate import SIDE_FEATURE
+
+    engineer = FeatureEngineer(cfg.features, run.timeframe)
+    with_side = bool(run.can_short)
+    pooled, per_pair = trade_rows(run, engineer, cfg.label.min_profit, with_side)
+    n = len(pooled)
+    need = cfg.training.min_samples if min_rows is None else min_rows
+    counts = ", ".join(f"{p}: {c['rows']}" for p, c in per_pair.items()) or "none"
+    if n < need:
+        raise TrainingDataError(
+            f"{run.strategy} made {len(run.trades)} closed trades in the range ({run.unresolved} still open at its "
+            f"end), {n} with features ({counts}); need training.min_samples={need}. Use a longer timerange or "
+            "more pairs.")
+    if pooled["label"].nunique() < 2:
+        raise TrainingDataError(f"All {n} trades of {run.strategy} are {'wins' if pooled['label'].iloc[0] else 'losses'}"
+                                f" at min_profit {cfg.label.min_profit}: nothing to learn.")
+    pooled = pooled.sort_values(["date", "pair"], kind="stable", ignore_index=True)
+    names = [*engineer.feature_names, *([SIDE_FEATURE] if with_side else [])]
+    sides = sorted(set(pooled["side"]))
+    info = {"pairs": per_pair, "skipped": {}, "signal": None, "strategy": run.strategy, "label_source": "trades",
+            "sides": sides, "timeframe": run.timeframe, "rows": n, "trades": len(run.trades),
+            "unresolved_trades": run.unresolved, "label_backtest": {"key": run.key, "cache_hit": run.cache_hit},
+            "feature_count": len(names), "start": str(pooled["date"].iloc[0]), "end": str(pooled["date"].iloc[-1])}
+    nan = np.full(n, np.nan)
+    return Dataset(
+        X=pooled[names].astype(np.float64), y=pooled["label"].to_numpy(dtype=np.int64),
+        realised=pooled["realised"].to_numpy(dtype=np.float64), take_profit=nan, stop_loss=nan,
+        times=_naive_ns(pooled["date"]), label_end=_naive_ns(pooled["label_end"]),
+        exit_times=_naive_ns(pooled["label_end"]), pairs=pooled["pair"].to_numpy(),
+        feature_set_id=engineer.feature_set_id, info=info, sides=pooled["side"].to_numpy(dtype=object),
     )

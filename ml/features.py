@@ -246,11 +246,15 @@ class FeatureEngineer:
         bad candle: a strategy transforms the same window again on every new candle, and one
         zero-volume candle must not warn until it leaves the frame.
         """
+        return pd.concat([df, self.features(df, source)], axis=1)
+
+    def features(self, df: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+        """The feature columns alone (same index as ``df``): a gate adds them to no one's
+        frame, so a user's indicator can never be overwritten by a feature of the same name."""
         missing = [c for c in REQUIRED if c not in df.columns]
         if missing:
             raise KeyError(f"FeatureEngineer needs columns {missing}; the frame has {list(df.columns)}")
-        features = self._compute(df, source)
-        return pd.concat([df, features], axis=1)
+        return self._compute(df, source)
 
     def _warn_once(self, source: str | None, key: str, message: str, *args) -> None:
         if source is not None:

@@ -38,6 +38,20 @@ def outcome_returns(y: np.ndarray, realised: np.ndarray) -> dict[str, float | in
             "wins": int(y.sum()), "losses": int((~y).sum())}
 
 
+def side_outcome_returns(y: np.ndarray, realised: np.ndarray, sides: np.ndarray) -> dict[str, dict[str, float | int]]:
+    """:func:`outcome_returns` per trade side ("long", "short"). A side without both wins and
+    losses in the block takes the pooled means (its EV then rests on the pooled outcomes)."""
+    pooled = outcome_returns(y, realised)
+    out = {}
+    for side in sorted(set(np.asarray(sides).tolist())):
+        mask = np.asarray(sides) == side
+        try:
+            out[side] = outcome_returns(np.asarray(y)[mask], np.asarray(realised)[mask])
+        except ValueError:
+            out[side] = {**pooled, "pooled": True}
+    return out
+
+
 def barrier_outcome_returns(take_profit: float, stop_loss: float, fee: float) -> dict[str, float]:
     """Outcome returns implied by fixed barriers alone (for models that predate measured ones):
     a win earns the take-profit net of fees (freqtrade's ROI is net), a loss the stop plus fees."""
@@ -204,7 +218,9 @@ def ev_gate_simulation(p: np.ndarray, realised: np.ndarray, win_return, loss_ret
         real, all_real = taken, everything
     gated, signals = trade_summary(realised[real]), trade_summary(realised[all_real])
     gated["signal_rows"], signals["signal_rows"] = int(taken.sum()), int(len(taken))
-    return {"margin": margin, "win_return": np.asarray(win_return).tolist(), "loss_return": np.asarray(loss_return).tolist(),
+    # Per-row returns (one per trade side) are reported by their distinct values.
+    return {"margin": margin, "win_return": np.unique(np.asarray(win_return)).tolist(),
+            "loss_return": np.unique(np.asarray(loss_return)).tolist(),
             "gated": gated, "all_signals": signals, "share_taken": int(taken.sum()) / max(len(taken), 1)}
 
 

@@ -57,6 +57,9 @@ class Version(_Loose):
     metrics: dict[StrictStr, Any] = Field(default_factory=dict)
     outcome_returns: dict[StrictStr, Outcome] | None = None
     ev_margin: StrictFloat | StrictInt | None = None
+    strategy: StrictStr | None = None
+    label_source: Literal["barrier", "trades"] = "barrier"
+    sides: list[Literal["long", "short"]] = Field(default_factory=lambda: ["long"])
     gates: dict[StrictStr, Any] | None = None
     backtest: dict[StrictStr, Any] | None = None
 

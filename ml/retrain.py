@@ -338,20 +338,10 @@ def _write_owner(owner: Path, holder: dict[str, Any]) -> None:
     os.replace(tmp, owner)
 
 
-def _user_data_of(config_path: str | Path) -> Path:
-    """user_data of a config, even when the config itself is what failed to load."""
-    try:
-        from ml.cli import freqtrade_settings
-
-        return Path(freqtrade_settings(config_path)["user_data_dir"]).resolve()
-    except Exception:  # noqa: BLE001 - a broken config: log beside it
-        return (Path(config_path).resolve().parent / "user_data").resolve()
-
-
-def record_run(config_path: str | Path, summary: dict[str, Any]) -> None:
+def record_run(user_data: Path, summary: dict[str, Any]) -> None:
     """Append the run's summary, timestamped, to user_data/logs/retrain.jsonl; a failed run
     also gets its line in retrain.log (a successful one logged itself already)."""
-    logs = _user_data_of(config_path) / "logs"
+    logs = user_data / "logs"
     try:
         logs.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")

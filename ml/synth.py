@@ -61,6 +61,7 @@ def simulate(
     start_price: float | None = None,
     vol_shift_at: int | None = None,
     vol_shift: float = 1.0,
+    hour_drift: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """One pair's candles plus the planted score ``-z_t`` (zero on a null market).
 
@@ -68,6 +69,10 @@ def simulate(
     ``vol_shift_at`` / ``vol_shift`` multiply volatility from that candle on (a calm or
     wild regime): with fixed barriers the win rate moves with it, the base-rate drift that
     calibration on a recent block exists to fix.
+    ``hour_drift`` adds an intraday drift of ``hour_drift * cos(2*pi*(hour - 6)/24)``
+    volatilities per candle (up in the early UTC hours, down in the late ones): a known
+    edge for *any* strategy's trades, which hour-of-day features recover, whatever the
+    strategy's own entry rule is. The returned score does not include it.
     """
     if market not in ("null", "planted"):
         raise ValueError(f"market must be 'null' or 'planted', got {market!r}")
@@ -88,7 +93,8 @@ def simulate(
         kappa[:] = strength
         if flip_at is not None:
             kappa[flip_at:] = -strength
-    log_ret, score = _run_process(shocks, vol_season, kappa, sigma)
+    drift = hour_drift * np.cos(2.0 * np.pi * (hours - 6.0) / 24.0)
+    log_ret, score = _run_process(shocks, vol_season, kappa, sigma, drift)
 
     price0 = start_price if start_price is not None else 10 ** rng.uniform(-3, 2)
     log_close = math.log(price0) + np.cumsum(log_ret)
@@ -111,7 +117,7 @@ def simulate(
 
 
 def _run_process(
-    shocks: np.ndarray, season: np.ndarray, kappa: np.ndarray, sigma: float
+    shocks: np.ndarray, season: np.ndarray, kappa: np.ndarray, sigma: float, drift: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The GARCH + planted-drift recursion. Sequential by nature; plain floats keep it fast."""
     omega = sigma**2 * (1.0 - GARCH_ALPHA - GARCH_BETA)
@@ -121,14 +127,16 @@ def _run_process(
     log_ret = np.empty(n)
     score = np.empty(n)
     h, e2, logp, ema, z = sigma**2, sigma**2, 0.0, 0.0, 0.0
-    shocks_l, season_l, kappa_l = shocks.tolist(), season.tolist(), kappa.tolist()
+    shocks_l, season_l, kappa_l, drift_l = shocks.tolist(), season.tolist(), kappa.tolist(), drift.tolist()
     for t in range(n):
         h = omega + GARCH_ALPHA * e2 + GARCH_BETA * h
         sd = math.sqrt(h)
         eps = sd * shocks_l[t]
         e2 = eps * eps
         step_sd = season_l[t]
-        r = step_sd * (eps - kappa_l[t] * sd * math.tanh(z))
+        # The hour drift sits outside the seasonal volatility factor so that it sums to zero
+        # over a day (no trend over the whole path).
+        r = step_sd * (eps - kappa_l[t] * sd * math.tanh(z)) + drift_l[t] * sd
         logp += r
         ema += alpha_ema * (logp - ema)
         z = (logp - ema) / z_scale

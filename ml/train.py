@@ -22,20 +22,20 @@ import pandas as pd
 from ml import calibration, plots, tracking
 from ml.bundle import save_bundle
 from ml.config import MLConfig
-from ml.dataset import Dataset, build_dataset
+from ml.dataset import Dataset, build_dataset, build_trade_dataset
 from ml.features import FeatureEngineer, correlation_prune
-from ml.metrics import evaluate, outcome_returns, trial_spread
+from ml.metrics import evaluate, side_outcome_returns, trial_spread
 from ml.models import available_cores
 from ml.splits import PurgedWalkForward, chronological_split, purge_gap
 from ml.storage import redact, redacted_settings
 from ml.tuning import (
     QUIET_S,
     TuningData,
-    best_params,
     best_trial,
     finished,
     fit_family,
     run_study,
+    trial_params,
     wait_for_running,
 )
 
@@ -57,6 +57,8 @@ class TrainRequest:
     data_format: str = "feather"
     tracking_mode: str | None = None
     worker_only: bool = False  # add trials to a shared study; fit and register nothing
+    strategy: str | None = None  # learn from this freqtrade strategy's own trades
+    config_path: Path | None = None  # the freqtrade config the strategy's label backtest runs with
 
 
 def git_commit() -> str | None:
@@ -80,12 +82,32 @@ def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
+def load_dataset(cfg: MLConfig, req: TrainRequest) -> Dataset:
+    """The strategy's own trades (``req.strategy``), or a base signal's fixed-barrier labels."""
+    if req.strategy:
+        from ml.trade_labels import strategy_trades
+
+        run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None)
+        return build_trade_dataset(cfg, run)
+    return build_dataset(cfg, req.datadir, req.pairs, req.timeframe, req.timerange, cfg.training.signal,
+                         req.data_format)
+
+
+def per_row_outcomes(outcomes: dict[str, dict[str, float]], sides: np.ndarray) -> dict[str, np.ndarray]:
+    """Each row's E[r | win] and E[r | loss], by its trade side."""
+    win = np.array([outcomes[s]["win"] for s in sides], dtype=np.float64)
+    loss = np.array([outcomes[s]["loss"] for s in sides], dtype=np.float64)
+    return {"win": win, "loss": loss}
+
+
 def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     """Run the whole pipeline; return the summary (also written into the bundle)."""
     started = time.perf_counter()
     t = cfg.training
     signal = t.signal
-    data = build_dataset(cfg, req.datadir, req.pairs, req.timeframe, req.timerange, signal, req.data_format)
+    data = load_dataset(cfg, req)
+    if req.strategy:
+        signal = None
     gap = purge_gap(req.timeframe, cfg.label.horizon, t.embargo)
     split = chronological_split(data.times, t.calib_fraction, t.test_fraction, gap, data.label_end,
                                 min_rows=max(30, t.min_samples // 10))
@@ -118,7 +140,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         logger.warning("%d trials of study %s are still running after the wait; choosing among finished ones.",
                        still, req.study)
     chosen = best_trial(study, list(t.families))
-    family, params = best_params(study, list(t.families))
+    family, params = trial_params(chosen, list(t.families))
 
     # ---- refit the best trial on the whole training block, then freeze it
     model = fit_family(family, params, X_train, train_block.y, train_block.times,
@@ -127,13 +149,14 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
     # What a win and a loss really return (fees and time exits included), measured where the
     # calibrator was fitted: the EV gate's inputs, stored with the model.
-    outcome = outcome_returns(calib_block.y, calib_block.realised)
+    outcomes = side_outcome_returns(calib_block.y, calib_block.realised, calib_block.side_of_rows())
 
     # ---- one look at the test block
     p_test_raw = model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64))
     p_test = calibrator.transform(p_test_raw)
     horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
-    report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised, outcome, cfg.gate.ev_margin,
+    report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised,
+                      per_row_outcomes(outcomes, test_block.side_of_rows()), cfg.gate.ev_margin,
                       test_block.times, horizon_span, test_block.exit_times, test_block.pairs,
                       fitted_base_rate=float(np.concatenate([train_block.y, calib_block.y]).mean()),
                       min_trades=cfg.gate.min_trades)
@@ -173,9 +196,12 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "startup_candles": engineer.startup_candles,
         "label": cfg.label.model_dump(),
         "signal": signal,
+        "strategy": data.info.get("strategy"),
+        "label_source": data.info.get("label_source", "barrier"),
+        "sides": data.info.get("sides", ["long"]),
         # EV = p*win + (1-p)*loss per side; the strategy gates at the same margin the test
         # block's EV gate was scored at.
-        "outcome_returns": {"long": outcome},
+        "outcome_returns": outcomes,
         "ev_margin": cfg.gate.ev_margin,
         "pairs": sorted(data.info["pairs"]),
         "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},

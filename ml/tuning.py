@@ -75,9 +75,8 @@ def best_trial(study: optuna.Study, families: list[str]) -> optuna.trial.FrozenT
     return min(allowed, key=lambda t: t.value)
 
 
-def best_params(study: optuna.Study, families: list[str]) -> tuple[str, dict[str, Any]]:
-    """Family and model parameters of the best allowed trial, as the family's build expects them."""
-    best = best_trial(study, families)
+def trial_params(best: optuna.trial.FrozenTrial, families: list[str]) -> tuple[str, dict[str, Any]]:
+    """Family and model parameters of a trial (see :func:`best_trial`), as the family's build expects them."""
     fixed = optuna.trial.FixedTrial(best.params)
     family = best.params.get("family", best.user_attrs.get("family", families[0]))
     return family, FAMILIES[family].suggest(fixed)

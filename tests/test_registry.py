@@ -27,17 +27,21 @@ from tests.test_training import PickleBomb
 OPEN_GATES = GateSettings(min_auc=0.0, max_ece=1.0, min_brier_skill=-1.0, min_trades=0, min_ev_return=-1.0)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """One real (small) training bundle, registered many times below."""
-    root = tmp_path_factory.mktemp("bundle")
+def small_bundle(root: Path, family: str) -> Path:
+    """A real (small) training bundle of one model family: 2 pairs x 3000 candles, 1 trial."""
     pairs = ["A/USDT", "B/USDT"]
     write_market(root / "data", pairs, "1h", 3000, "planted", 1)
-    cfg = from_dict({"training": {"signal": None, "families": ["logistic"], "trials": 1},
+    cfg = from_dict({"training": {"signal": None, "families": [family], "trials": 1},
                      "tracking": {"mode": "disabled"}})
     summary = train(cfg, TrainRequest(root / "data", pairs, "1h", None, root / "bundle",
                                       f"sqlite:///{root / 'o.db'}", "s"))
     return Path(summary["bundle"])
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """One real (small) training bundle, registered many times below."""
+    return small_bundle(tmp_path_factory.mktemp("bundle"), "logistic")
 
 
 @pytest.fixture

@@ -19,10 +19,8 @@ import pytest
 from ml.config import ConfigError, from_dict
 from ml.predictor import ProductionModel
 from ml.registry import IntegrityError, RegistryError, open_registry
-from ml.synth import write_market
-from ml.train import TrainRequest, train
 from tests.conftest import REPO, run_ftml, write_config
-from tests.test_registry import bundle  # noqa: F401  (the module fixture: one real bundle)
+from tests.test_registry import bundle, small_bundle  # noqa: F401  (the module fixture: one real bundle)
 
 
 @pytest.fixture
@@ -185,13 +183,7 @@ def test_a_model_without_an_aware_train_end_is_refused(store, bundle, train_end)
 # ---------------------------------------------------------------- native crashes
 @pytest.fixture(scope="module")
 def lightgbm_bundle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lgb")
-    pairs = ["A/USDT", "B/USDT"]
-    write_market(root / "data", pairs, "1h", 3000, "planted", 1)
-    cfg = from_dict({"training": {"signal": None, "families": ["lightgbm"], "trials": 1},
-                     "tracking": {"mode": "disabled"}})
-    return Path(train(cfg, TrainRequest(root / "data", pairs, "1h", None, root / "bundle",
-                                        f"sqlite:///{root / 'o.db'}", "s"))["bundle"])
+    return small_bundle(tmp_path_factory.mktemp("lgb"), "lightgbm")
 
 
 CRASHES = """

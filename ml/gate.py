@@ -1,0 +1,261 @@
+"""MLGate: gate any freqtrade strategy in one line.
+
+    class MyStrategyML(MLGate, MyStrategy):
+        pass
+
+A mixin, not a base class or a decorator: Python's method order puts ``MLGate`` in front
+of the user's class, so its ``populate_indicators`` / ``populate_entry_trend`` run the
+user's own (``super()``) first and then only *remove* entries; every other method,
+attribute and callback (ROI, stoploss, trailing, ``custom_stoploss``, ``custom_exit``,
+exit signals, ``can_short``, leverage) is the user's, untouched. freqtrade still sees one
+ordinary ``IStrategy`` subclass, and its parameter detection finds ``ev_margin`` here.
+
+Per candle the gate adds:
+
+* ``ml_proba`` / ``ml_ev``: calibrated P(the long trade opened here wins) and its expected
+  value ``p*E[r | win] + (1-p)*E[r | loss]`` (returns measured on the model's calibration
+  block, per side); ``ml_proba_short`` / ``ml_ev_short`` for shorts;
+* ``ml_blocked``: the candle is inside the model's training data (+ embargo).
+
+An ``enter_long`` / ``enter_short`` of the user survives only where that side's EV is above
+``ev_margin`` and the candle is not blocked; ``enter_tag`` is kept. The model is the
+production version of the model named after the user's strategy class (``ml_model_name``
+overrides), trained by ``ftml train --strategy MyStrategy`` on the strategy's own trades.
+
+It **fails closed**: no model, a bad checksum, a feature mismatch, a model of another
+strategy or a failing prediction mean no entries (one log line per cause) while open
+trades keep the strategy's exits. In dry-run/live it follows the registry with one stat()
+per new candle: a new production version is switched to without a restart; a version
+that cannot be loaded, a rollback to nothing or a disabled model closes the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from freqtrade.enums import RunMode
+from freqtrade.strategy import DecimalParameter
+
+from ml.bundle import outcome_returns_of
+from ml.config import from_dict
+from ml.errors import FtmlError
+from ml.features import FeatureEngineer
+from ml.metrics import expected_value
+from ml.predictor import ProductionModel, stat_key
+from ml.registry import open_registry
+from ml.trade_labels import UNGATED_KEY, ungated_class
+
+logger = logging.getLogger(__name__)
+LIVE_MODES = (RunMode.DRY_RUN, RunMode.LIVE)
+SIDE_FEATURE = "side_short"  # 1.0 for a short trade: one model serves both sides
+SIDES = {"long": ("enter_long", "ml_proba", "ml_ev"), "short": ("enter_short", "ml_proba_short", "ml_ev_short")}
+GATE_PLOTS = {
+    "ML probability": {"ml_proba": {"color": "blue"}, "ml_proba_short": {"color": "orange"}},
+    "ML expected value": {"ml_ev": {"color": "green", "type": "bar"}, "ml_ev_short": {"color": "red", "type": "bar"}},
+}
+
+
+class MLGate:
+    """Mixin that keeps a strategy's entries only where the model's EV is positive."""
+
+    ml_model_name: str | None = None  # default: the user's strategy class name
+    ev_margin = DecimalParameter(-0.01, 0.02, default=0.0, decimals=3, space="buy", optimize=True, load=True)
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)  # type: ignore[call-arg]
+        # The label backtest runs the strategy with every entry: the gate passes through.
+        self.ml_ungated = bool(config.get(UNGATED_KEY))
+        self.ml = from_dict(config.get("ml"), source="config 'ml' section")
+        self.engineer = FeatureEngineer(self.ml.features, config.get("timeframe", self.timeframe))
+        self.startup_candle_count = max(int(getattr(self, "startup_candle_count", 0)), self.engineer.startup_candles)
+        self.ml_strategy = ungated_class(type(self)).__name__
+        self.model_name = self.ml_model_name or self.ml_strategy
+        self.model: ProductionModel | None = None
+        self._outcome = {side: {"win": 0.0, "loss": 0.0} for side in SIDES}
+        self._said: set[str] = set()
+        self._last_check: pd.Timestamp | None = None
+        self._registry = open_registry(self.ml.registry.path)
+        self._seen_key = stat_key(self._registry.index)
+        # config.json's ml.gate.ev_margin is the default freqtrade's parameter loading starts
+        # from; a hyperopt params file still wins.
+        self.buy_params = {"ev_margin": self.ml.gate.ev_margin, **getattr(self, "buy_params", {})}
+        self._merge_plot_config()
+
+    def _merge_plot_config(self) -> None:
+        """The user's plot_config plus the gate's subplots (the user's keys win)."""
+        try:
+            user = dict(getattr(self, "plot_config", None) or {})
+            subplots = {**GATE_PLOTS, **(user.get("subplots") or {})}
+            self.plot_config = {**user, "main_plot": user.get("main_plot", {}), "subplots": subplots}
+        except (AttributeError, TypeError):  # a read-only property: leave the user's
+            pass
+
+    # ------------------------------------------------------------------ model lifecycle
+    def _say(self, key: str, message: str, *args, level: int = logging.WARNING) -> None:
+        """Log a cause once, not once per candle."""
+        if key not in self._said:
+            self._said.add(key)
+            logger.log(level, message, *args)
+
+    def _try_load(self) -> ProductionModel | None:
+        try:
+            model = ProductionModel.load(self.ml.registry.path, self.model_name, self.engineer)
+        except (FtmlError, OSError, ValueError) as err:
+            self._say(f"load:{err}", "ML gate closed for %s (no entries): %s", self.model_name, err)
+            return None
+        why = self._refusal(model)
+        if why:
+            self._say(f"refuse:{model.version}:{why}", "ML gate closed: %s v%s %s; no entries.", model.name,
+                      model.version, why)
+            return None
+        return model
+
+    def _refusal(self, model: ProductionModel) -> str | None:
+        """Why a verified model still must not gate this strategy (None: it may)."""
+        entry = model.entry
+        if model.bundle.calibrator.method == "constant":
+            return ("has a constant calibrator (its scores carried no information on the calibration block), so "
+                    "there is nothing to select on. Retrain, or roll back to a model with a ranking")
+        if entry.get("label_source") != "trades":
+            return (f"was trained on fixed-barrier labels of signal {entry.get('signal')!r}, not on this strategy's "
+                    f"trades. Run `ftml train --strategy {self.ml_strategy}`")
+        if entry.get("strategy") != self.ml_strategy:
+            return (f"was trained on the trades of {entry.get('strategy')!r}, this is {self.ml_strategy!r}: its "
+                    f"probabilities do not describe these entries. Run `ftml train --strategy {self.ml_strategy}`")
+        return None
+
+    def _use(self, model: ProductionModel) -> None:
+        self.model = model
+        self._outcome = {side: outcome_returns_of(model.entry, side) for side in SIDES}
+        margin = float(self.ev_margin.value)
+        sides = model.entry.get("sides") or ["long"]
+        logger.info("ML gate: %s v%s (trained to %s) gates %s of %s where EV > %.4f (long: p*%.4f + (1-p)*%.4f).",
+                    model.name, model.version, model.train_end, "/".join(sides), self.ml_strategy, margin,
+                    self._outcome["long"]["win"], self._outcome["long"]["loss"])
+        if getattr(self, "can_short", False) and "short" not in sides:
+            self._say(f"noshort:{model.version}", "ML gate: %s v%s saw no short trades; every short entry is "
+                      "refused until a model trained on shorts is promoted.", model.name, model.version)
+        scored_at = model.entry.get("ev_margin")
+        if scored_at is not None and abs(float(scored_at) - margin) > 1e-12:
+            self._say(f"margin:{model.version}:{margin}", "ML gate: trading at ev_margin %.4f, but %s v%s was "
+                      "validated at %.4f; its gate results describe that margin.", margin, model.name,
+                      model.version, float(scored_at))
+
+    def bot_start(self, **kwargs) -> None:
+        parent = getattr(super(), "bot_start", None)
+        if parent is not None:
+            parent(**kwargs)
+        if self.ml_ungated:
+            return
+        model = self._try_load()
+        if model is not None:
+            self._use(model)
+        if not self.ml.gate.in_sample_guard:
+            logger.warning("IN-SAMPLE GUARD OFF (ml.gate.in_sample_guard = false): entries are allowed on "
+                           "candles the model was trained on; backtest results on them are optimistic.")
+
+    def _close(self, message: str, *args) -> None:
+        """Stop entering (open trades keep their exits); logged once per registry change."""
+        self.model = None
+        logger.warning(message, *args)
+
+    def _maybe_reload(self, last_candle: pd.Timestamp) -> None:
+        """Live/dry-run only: one stat() per new candle; act only when registry.json changed."""
+        if self.config.get("runmode") not in LIVE_MODES or last_candle == self._last_check:
+            return
+        self._last_check = last_candle
+        key = stat_key(self._registry.index)
+        if key == self._seen_key:
+            return
+        self._seen_key = key
+        try:
+            state = self._registry.read()["models"].get(self.model_name, {})
+        except Exception as err:  # a corrupt or hostile registry.json must not keep a pulled model live
+            self._close("ML gate closed for %s: registry.json cannot be read (%s); no entries until it is fixed. "
+                        "Open trades keep their exits.", self.model_name, err)
+            return
+        production, disabled = state.get("production"), state.get("disabled")
+        if disabled:
+            self._close("ML gate closed: %s was disabled by the operator (%s); no entries until `ftml registry enable "
+                        "%s`. Open trades keep their exits.", self.model_name, disabled.get("reason"), self.model_name)
+            return
+        if self.model is not None and production == self.model.version:
+            return  # rewritten, same production: nothing to load
+        if production is None:
+            self._close("ML gate closed: %s has no production version any more (rolled back, archived or disabled); "
+                        "no entries until one is promoted. Open trades keep their exits.", self.model_name)
+            return
+        old = self.model.version if self.model else None
+        fresh = self._try_load()
+        if fresh is None:
+            self._close("ML gate closed: production of %s moved to v%s, which cannot be loaded (see above); no "
+                        "entries, v%s is NOT traded any more. Open trades keep their exits.", self.model_name,
+                        production, old)
+            return
+        self._use(fresh)
+        logger.info("ML gate: switched %s from v%s to v%s without a restart.", self.model_name, old, fresh.version)
+
+    # ------------------------------------------------------------------ freqtrade hooks
+    def populate_indicators(self, dataframe: pd.DataFrame, metadata: dict) -> pd.DataFrame:
+        dataframe = super().populate_indicators(dataframe, metadata)  # type: ignore[misc]
+        if self.ml_ungated:
+            return dataframe
+        pair = metadata.get("pair", "?")
+        if len(dataframe):
+            self._maybe_reload(dataframe["date"].iloc[-1])
+        blocked = np.zeros(len(dataframe), dtype=bool)
+        probas = {side: np.full(len(dataframe), np.nan) for side in SIDES}
+        if self.model is not None:
+            try:
+                features = self.engineer.features(dataframe, pair)
+                probas = {side: self._predict(features, side) for side in SIDES}
+            except Exception as err:  # a failing prediction must not stop the bot
+                self._say(f"predict:{type(err).__name__}", "ML gate closed for %s: prediction failed: %s", pair, err)
+            blocked = self._in_sample(dataframe, pair)
+        for side, (_, proba_col, ev_col) in SIDES.items():
+            dataframe[proba_col] = probas[side]
+            dataframe[ev_col] = expected_value(probas[side], self._outcome[side]["win"], self._outcome[side]["loss"])
+        dataframe["ml_blocked"] = blocked
+        return dataframe
+
+    def _predict(self, features: pd.DataFrame, side: str) -> np.ndarray:
+        """Calibrated P(win) of a trade on ``side`` opened from each candle (NaN: no decision)."""
+        n = len(features)
+        if side not in (self.model.entry.get("sides") or ["long"]):
+            return np.full(n, np.nan)
+        if SIDE_FEATURE in self.model.feature_names:
+            features = features.assign(**{SIDE_FEATURE: 1.0 if side == "short" else 0.0})
+        # numpy's SIMD exp/log can differ in the last bit from the scalar tail of an array,
+        # so a row's p could depend on the frame's length: round that away (freqtrade's
+        # lookahead-analysis compares exactly).
+        proba = np.round(self.model.predict_proba(features), 10)
+        proba[: self.engineer.startup_candles] = np.nan  # features still warming up
+        return proba
+
+    def _in_sample(self, df: pd.DataFrame, pair: str) -> np.ndarray:
+        if not self.ml.gate.in_sample_guard:
+            return np.zeros(len(df), dtype=bool)
+        limit = self.model.train_end + pd.Timedelta(self.timeframe) * self.ml.training.embargo
+        blocked = (df["date"] <= limit).to_numpy()
+        if blocked.any():
+            self._say(f"insample:{pair}:{self.model.version}", "In-sample guard: %d candles of %s are at or before "
+                      "%s (model %s v%s train_end + embargo): no entries there.", int(blocked.sum()), pair, limit,
+                      self.model.name, self.model.version, level=logging.INFO)
+        return blocked
+
+    def populate_entry_trend(self, dataframe: pd.DataFrame, metadata: dict) -> pd.DataFrame:
+        dataframe = super().populate_entry_trend(dataframe, metadata)  # type: ignore[misc]
+        if self.ml_ungated:
+            return dataframe
+        if self.model is None and self.ml.gate.fallback_ungated:
+            self._say("fallback", "ML gate: no model, ml.gate.fallback_ungated is on: trading the un-gated entries.")
+            return dataframe
+        for enter_col, _, ev_col in SIDES.values():
+            if enter_col not in dataframe:
+                continue
+            keep = (dataframe[ev_col] > self.ev_margin.value) & ~dataframe["ml_blocked"]
+            dataframe.loc[(dataframe[enter_col] == 1) & ~keep, enter_col] = 0
+        return dataframe

@@ -1,0 +1,222 @@
+"""Labels from the strategy's own trades, made by freqtrade's backtesting engine.
+
+``strategy_trades(config_path, strategy)`` runs the *un-gated* strategy through
+freqtrade's ``Backtesting`` class in this process (markets from disk, see ``ml.offline``)
+with position stacking, unlimited open trades, protections off and a wallet that never
+runs dry, so every entry signal becomes a trade that exits by the strategy's own rules:
+ROI table, stoploss, trailing stop, ``custom_stoploss``, ``custom_exit``, exit signals,
+long and short. Each closed trade is one training row (``ml.dataset.build_trade_dataset``).
+
+The backtest is cached under ``<user_data>/ftml-cache/trades/<key>/`` (feather + JSON, no
+pickle), keyed by a sha256 of the strategy's source files, the config file, the data files
+the backtest reads, the timerange and the freqtrade version: tuning and retraining do not
+repeat it, and any change to one of them runs it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ml.errors import FtmlError
+
+logger = logging.getLogger(__name__)
+UNGATED_KEY = "ftml_ungated"  # config flag: an MLGate strategy passes every entry through
+CACHE_FORMAT = 1
+TRADE_COLUMNS = ["pair", "open_date", "close_date", "is_short", "profit_ratio", "enter_tag", "exit_reason"]
+# The wallet of the label backtest: large enough that no signal is ever refused for money.
+LABEL_WALLET, LABEL_STAKE = 1e12, 1.0
+
+
+class StrategyError(FtmlError, ValueError):
+    """The strategy cannot be loaded or gives nothing to learn from; the message says why."""
+
+
+@dataclass
+class TradeRun:
+    """The un-gated strategy's trades and the candles they were made on."""
+
+    strategy: str  # the user's strategy class (the model's default name)
+    timeframe: str
+    can_short: bool
+    trades: pd.DataFrame  # TRADE_COLUMNS, closed trades only, open_date order
+    candles: dict[str, pd.DataFrame]  # pair -> OHLCV the strategy saw (startup included)
+    unresolved: int  # trades still open at the end of the range: outcome unknown, left out
+    cache_hit: bool
+    key: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def ungated_class(cls: type) -> type:
+    """The user's own strategy class behind an ``MLGate`` subclass (or ``cls`` itself)."""
+    from freqtrade.strategy import IStrategy
+
+    from ml.gate import MLGate
+
+    for klass in cls.__mro__:
+        if issubclass(klass, IStrategy) and not issubclass(klass, MLGate):
+            return klass
+    return cls
+
+
+def backtest_config(config_path: str | Path, strategy: str, timerange: str | None,
+                    pairs: list[str] | None = None) -> dict[str, Any]:
+    """freqtrade's own configuration for the label backtest (as `freqtrade backtesting`
+    would build it), with every signal allowed to become a trade."""
+    from freqtrade.configuration import setup_utils_configuration
+    from freqtrade.enums import RunMode
+
+    args = {"config": [str(config_path)], "strategy": strategy, "timerange": timerange}
+    try:
+        config = setup_utils_configuration(args, RunMode.BACKTEST)
+    except Exception as err:  # freqtrade raises its own exception types for a bad config
+        raise StrategyError(f"freqtrade cannot read {config_path}: {err}") from err
+    if pairs:
+        config["exchange"]["pair_whitelist"] = list(pairs)
+    config.update({
+        "position_stacking": True, "max_open_trades": -1, "enable_protections": False,
+        "stake_amount": LABEL_STAKE, "dry_run_wallet": LABEL_WALLET, "tradable_balance_ratio": 1.0,
+        "export": "none", UNGATED_KEY: True,
+    })
+    config.pop("available_capital", None)  # it would cap the wallet
+    return config
+
+
+def _source_files(cls: type) -> list[Path]:
+    """The files that define the strategy: its class and every user base class."""
+    files = []
+    for klass in cls.__mro__:
+        module = klass.__module__.split(".")[0]
+        if module in ("freqtrade", "builtins", "abc", "ml"):
+            continue
+        try:
+            files.append(Path(inspect.getfile(klass)).resolve())
+        except (TypeError, OSError):
+            continue
+    return sorted(set(files))
+
+
+def _data_files(config: dict[str, Any], pairs: list[str]) -> list[Path]:
+    """Every candle file of the whitelisted pairs (any timeframe: informative pairs too)."""
+    datadir = Path(config["datadir"])
+    stems = {pair.replace("/", "_").replace(":", "_") for pair in pairs}
+    return sorted(p for p in datadir.rglob("*") if p.is_file() and any(p.name.startswith(s + "-") for s in stems))
+
+
+def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str]) -> str:
+    import freqtrade
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": CACHE_FORMAT, "freqtrade": freqtrade.__version__,
+                              "timerange": config.get("timerange"), "timeframe": config.get("timeframe"),
+                              "strategy": cls.__name__, "pairs": sorted(pairs)}, sort_keys=True).encode())
+    # The config file without its "ml" section: the gate's settings never change the
+    # un-gated strategy's trades, so tuning them must not re-run the backtest.
+    raw = json.loads(Path(config_path).read_text())
+    raw.pop("ml", None)
+    digest.update(json.dumps(raw, sort_keys=True).encode())
+    for path in [*_source_files(cls), *_data_files(config, pairs)]:
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:24]
+
+
+def _cache_dir(config: dict[str, Any]) -> Path:
+    return Path(config["user_data_dir"]) / "ftml-cache" / "trades"
+
+
+def _read_cache(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        trades = pd.read_feather(folder / "trades.feather")
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") != CACHE_FORMAT or list(trades.columns) != TRADE_COLUMNS:
+        return None
+    return trades, meta
+
+
+def _write_cache(folder: Path, trades: pd.DataFrame, meta: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"trades.feather.{os.getpid()}.tmp"
+    trades.reset_index(drop=True).to_feather(tmp)
+    os.replace(tmp, folder / "trades.feather")
+    (folder / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, **meta}, indent=2))
+
+
+def strategy_trades(config_path: str | Path, strategy: str, timerange: str | None = None,
+                    pairs: list[str] | None = None, use_cache: bool = True) -> TradeRun:
+    """Run (or reuse) the label backtest of ``strategy``; see the module docstring."""
+    from freqtrade.data.converter import trim_dataframes
+    from freqtrade.data.history import get_timerange
+    from freqtrade.optimize.backtesting import Backtesting
+
+    from ml.offline import install
+
+    config = backtest_config(config_path, strategy, timerange, pairs)
+    install(offline=True)
+    try:
+        backtesting = Backtesting(config)
+    except Exception as err:  # noqa: BLE001 - freqtrade's own errors name the problem
+        raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {err}") from err
+    strat = backtesting.strategylist[0]
+    cls = ungated_class(type(strat))
+    whitelist = list(backtesting.pairlists.whitelist)
+    key = cache_key(config_path, config, type(strat), whitelist)
+    folder = _cache_dir(config) / key
+    data, bt_range = backtesting.load_bt_data()
+    candles = {pair: frame.copy() for pair, frame in data.items()}
+    cached = _read_cache(folder) if use_cache else None
+    if cached is not None:
+        trades, meta = cached
+        logger.info("Label backtest of %s: using the cache %s (%d trades); it is keyed by the strategy files, "
+                    "the config, the data and the timerange.", cls.__name__, folder, len(trades))
+        return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
+                        int(meta["unresolved"]), True, key, meta.get("info", {}))
+
+    logger.info("Label backtest of %s over %d pairs (every signal becomes a trade) ...", cls.__name__, len(whitelist))
+    backtesting._set_strategy(strat)
+    processed = strat.advise_all_indicators(data)
+    trimmed = trim_dataframes(processed, bt_range, backtesting.required_startup)
+    if not trimmed:
+        raise StrategyError(f"No candles left for {strategy} after its {backtesting.required_startup} startup "
+                            f"candles in timerange {timerange}: use a longer timerange.")
+    start, end = get_timerange(trimmed)
+    results = backtesting.backtest(processed=processed, start_date=start, end_date=end)["results"]
+    if results.empty:
+        results = pd.DataFrame(columns=TRADE_COLUMNS)
+    results = results.assign(is_short=results.get("is_short", False))
+    # Trades the engine closed only because the data ended ("force_exit" at the last
+    # candle): their outcome is not known, so they are not labels.
+    left_open = results["exit_reason"].astype(str) == "force_exit"
+    trades = results.loc[~left_open, TRADE_COLUMNS].sort_values("open_date", kind="stable").reset_index(drop=True)
+    trades["is_short"] = trades["is_short"].astype(bool)
+    trades["enter_tag"] = trades["enter_tag"].astype("string")
+    trades["exit_reason"] = trades["exit_reason"].astype(str)
+    info = {"start": str(start), "end": str(end), "pairs": whitelist}
+    _write_cache(folder, trades, {"strategy": cls.__name__, "unresolved": int(left_open.sum()), "info": info})
+    logger.info("Label backtest of %s: %d closed trades (%d left open at the end, not used); cached in %s.",
+                cls.__name__, len(trades), int(left_open.sum()), folder)
+    return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
+                    int(left_open.sum()), False, key, info)
+
+
+def strategy_name(config_path: str | Path, strategy: str) -> str:
+    """The user's strategy class behind ``strategy`` (``MyStrategyML`` -> ``MyStrategy``):
+    the name its model is registered under."""
+    from freqtrade.resolvers import StrategyResolver
+
+    config = backtest_config(config_path, strategy, None)
+    try:
+        loaded = StrategyResolver.load_strategy(config)
+    except Exception as err:  # noqa: BLE001 - freqtrade's own errors name the problem
+        raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {err}") from err
+    return ungated_class(type(loaded)).__name__
