@@ -90,8 +90,13 @@ def backtest_config(config_path: str | Path, strategy: str, timerange: str | Non
     return config
 
 
-def _source_files(cls: type) -> list[Path]:
-    """The files that define the strategy: its class and every user base class."""
+def _source_files(cls: type, loaded_from: str | None = None) -> list[Path]:
+    """The files that define the strategy: its class and every user base class.
+
+    freqtrade's resolver loads a strategy file without registering its module, so
+    ``inspect`` cannot find the class it loaded; ``loaded_from`` (the resolver's
+    ``strategy.__file__``) stands in for that one.
+    """
     files = []
     for klass in cls.__mro__:
         module = klass.__module__.split(".")[0]
@@ -100,7 +105,8 @@ def _source_files(cls: type) -> list[Path]:
         try:
             files.append(Path(inspect.getfile(klass)).resolve())
         except (TypeError, OSError):
-            continue
+            if loaded_from and klass is cls:
+                files.append(Path(loaded_from).resolve())
     return sorted(set(files))
 
 
@@ -111,7 +117,10 @@ def _data_files(config: dict[str, Any], pairs: list[str]) -> list[Path]:
     return sorted(p for p in datadir.rglob("*") if p.is_file() and any(p.name.startswith(s + "-") for s in stems))
 
 
-def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str]) -> str:
+def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str],
+              loaded_from: str | None = None) -> str | None:
+    """The label backtest's cache key; None (no caching) when the strategy's source file
+    cannot be found, since a change to it could then go unnoticed."""
     import freqtrade
 
     digest = hashlib.sha256()
@@ -123,9 +132,13 @@ def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs:
     raw = json.loads(Path(config_path).read_text())
     raw.pop("ml", None)
     digest.update(json.dumps(raw, sort_keys=True).encode())
-    for path in [*_source_files(cls), *_data_files(config, pairs)]:
+    sources = _source_files(cls, loaded_from)
+    if not sources:
+        return None
+    for path in [*sources, *_data_files(config, pairs)]:
         digest.update(path.name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(str(config.get("startup_candle_count")).encode())
     return digest.hexdigest()[:24]
 
 
@@ -153,8 +166,13 @@ def _write_cache(folder: Path, trades: pd.DataFrame, meta: dict[str, Any]) -> No
 
 
 def strategy_trades(config_path: str | Path, strategy: str, timerange: str | None = None,
-                    pairs: list[str] | None = None, use_cache: bool = True) -> TradeRun:
-    """Run (or reuse) the label backtest of ``strategy``; see the module docstring."""
+                    pairs: list[str] | None = None, use_cache: bool = True, min_startup: int = 0) -> TradeRun:
+    """Run (or reuse) the label backtest of ``strategy``; see the module docstring.
+
+    ``min_startup``: candles of warm-up the gate's features need. The backtest warms up at
+    least that long, as the gated strategy does (MLGate raises its startup_candle_count), so
+    indicators with a long memory (EMA, RSI) give the same signals in both.
+    """
     from freqtrade.data.converter import trim_dataframes
     from freqtrade.data.history import get_timerange
     from freqtrade.optimize.backtesting import Backtesting
@@ -169,9 +187,17 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
         raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {err}") from err
     strat = backtesting.strategylist[0]
     cls = ungated_class(type(strat))
+    startup = max(int(strat.startup_candle_count), int(min_startup))
+    strat.startup_candle_count = backtesting.required_startup = config["startup_candle_count"] = startup
     whitelist = list(backtesting.pairlists.whitelist)
-    key = cache_key(config_path, config, type(strat), whitelist)
-    folder = _cache_dir(config) / key
+    # Keyed by the user's class: the gate never changes the un-gated trades.
+    loaded_from = getattr(strat, "__file__", None) if type(strat) is cls else None
+    key = cache_key(config_path, config, cls, whitelist, loaded_from)
+    if key is None:
+        use_cache = False
+        logger.warning("Label backtest of %s: its source file cannot be found, so the backtest is not cached.",
+                       cls.__name__)
+    folder = _cache_dir(config) / (key or "uncached")
     data, bt_range = backtesting.load_bt_data()
     candles = {pair: frame.copy() for pair, frame in data.items()}
     cached = _read_cache(folder) if use_cache else None
@@ -190,7 +216,10 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
         raise StrategyError(f"No candles left for {strategy} after its {backtesting.required_startup} startup "
                             f"candles in timerange {timerange}: use a longer timerange.")
     start, end = get_timerange(trimmed)
-    results = backtesting.backtest(processed=processed, start_date=start, end_date=end)["results"]
+    try:
+        results = backtesting.backtest(processed=processed, start_date=start, end_date=end)["results"]
+    except Exception as err:  # noqa: BLE001 - a strategy's own bug, or freqtrade refusing the data
+        raise StrategyError(f"freqtrade's backtest of {strategy} failed: {type(err).__name__}: {err}") from err
     if results.empty:
         results = pd.DataFrame(columns=TRADE_COLUMNS)
     results = results.assign(is_short=results.get("is_short", False))
@@ -202,11 +231,12 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     trades["enter_tag"] = trades["enter_tag"].astype("string")
     trades["exit_reason"] = trades["exit_reason"].astype(str)
     info = {"start": str(start), "end": str(end), "pairs": whitelist}
-    _write_cache(folder, trades, {"strategy": cls.__name__, "unresolved": int(left_open.sum()), "info": info})
-    logger.info("Label backtest of %s: %d closed trades (%d left open at the end, not used); cached in %s.",
-                cls.__name__, len(trades), int(left_open.sum()), folder)
+    if key is not None:
+        _write_cache(folder, trades, {"strategy": cls.__name__, "unresolved": int(left_open.sum()), "info": info})
+    logger.info("Label backtest of %s: %d closed trades (%d left open at the end, not used)%s.", cls.__name__,
+                len(trades), int(left_open.sum()), f"; cached in {folder}" if key else "")
     return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
-                    int(left_open.sum()), False, key, info)
+                    int(left_open.sum()), False, key or "", info)
 
 
 def strategy_name(config_path: str | Path, strategy: str) -> str:

@@ -87,7 +87,8 @@ def load_dataset(cfg: MLConfig, req: TrainRequest) -> Dataset:
     if req.strategy:
         from ml.trade_labels import strategy_trades
 
-        run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None)
+        run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None,
+                              min_startup=FeatureEngineer(cfg.features, req.timeframe).startup_candles)
         return build_trade_dataset(cfg, run)
     return build_dataset(cfg, req.datadir, req.pairs, req.timeframe, req.timerange, cfg.training.signal,
                          req.data_format)
