@@ -22,7 +22,7 @@ def make_project(folder: Path, pairs: list[str], timeframe: str, stake: str = "B
     cfg["exchange"]["pair_whitelist"] = pairs
     cfg["ml"]["tracking"] = {"mode": "disabled"}
     cfg["ml"]["registry"] = {"path": str(folder / "registry")}
-    cfg["ml"]["training"] = {"signal": None, "trials": 2, "families": ["lightgbm"], "min_samples": 200}
+    cfg["ml"]["training"] = {"strategy": "TrendPullback", "trials": 2, "families": ["lightgbm"], "min_samples": 200}
     if higher_timeframes is not None:
         cfg["ml"]["features"] = {"higher_timeframes": higher_timeframes}
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def train_and_promote(folder: Path, pairs: list[str], timerange: str) -> dict:
     summary = json.loads(ftml(folder, "train", "-c", "config.json", "--pairs", *pairs, "--timerange", timerange)
                          .stdout.strip().splitlines()[-1])
     version = str(summary["registered"]["version"])
-    ftml(folder, "registry", "promote", "trend_pullback", version, "-c", "config.json", "--force",
+    ftml(folder, "registry", "promote", summary["model"], version, "-c", "config.json", "--force",
          "--reason", "benchmark")
     return summary
 

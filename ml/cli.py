@@ -76,7 +76,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         raise UserError("No pairs: pass --pairs ETH/BTC LTC/BTC ... or a config with a pair_whitelist.")
     timeframe = args.timeframe or ft.get("timeframe", "1h")
     files = write_market(
-        datadir, pairs, timeframe, args.candles, args.market, args.seed, args.start, args.flip_at
+        datadir, pairs, timeframe, args.candles, args.market, args.seed, args.start, args.flip_at,
+        hour_drift=args.hour_drift,
     )
     summary = {
         "market": args.market,
@@ -115,8 +116,12 @@ def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlco
             training[key] = getattr(args, key)
     if args.families:
         training["families"] = args.families
+    if args.signal is not None and getattr(args, "strategy", None):
+        raise UserError("--signal and --strategy exclude each other: a model learns from a strategy's own trades "
+                        "(--strategy) or, for research, from a signal's fixed-barrier labels (--signal).")
     if args.signal is not None:
         training["signal"] = None if args.signal.lower() in ("none", "null", "all") else args.signal
+        training["strategy"] = None  # research mode: fixed-barrier labels, which no MLGate accepts
     if getattr(args, "strategy", None):
         training["strategy"] = args.strategy
     if args.tracking:
@@ -292,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--start", default="2024-01-01", help="first candle (default: %(default)s)")
     synth.add_argument("--flip-at", type=int, help="candle index where the planted rule reverses sign")
+    synth.add_argument("--hour-drift", type=float, default=0.0,
+                       help="add an intraday drift of this many volatilities per candle (up in the early UTC hours, "
+                            "down in the late ones): an edge any strategy's trades show (default 0)")
     synth.add_argument("--datadir", help="where to write (default: the config's data directory)")
     synth.set_defaults(func=cmd_data_synth)
 

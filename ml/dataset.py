@@ -191,15 +191,19 @@ def build_trade_dataset(cfg: MLConfig, run, min_rows: int | None = None) -> Data
             f"{run.strategy} made {len(run.trades)} closed trades in the range ({run.unresolved} still open at its "
             f"end), {n} with features ({counts}); need training.min_samples={need}. Use a longer timerange or "
             "more pairs.")
-    if pooled["label"].nunique() < 2:
+    if n == 0:
+        return empty_dataset(engineer, with_side)
+    if need and pooled["label"].nunique() < 2:
         raise TrainingDataError(f"All {n} trades of {run.strategy} are {'wins' if pooled['label'].iloc[0] else 'losses'}"
                                 f" at min_profit {cfg.label.min_profit}: nothing to learn.")
     pooled = pooled.sort_values(["date", "pair"], kind="stable", ignore_index=True)
     names = [*engineer.feature_names, *([SIDE_FEATURE] if with_side else [])]
     sides = sorted(set(pooled["side"]))
+    durations = (pd.to_datetime(pooled["label_end"], utc=True) - pd.to_datetime(pooled["date"], utc=True))
+    horizon = max(1, int(np.ceil(durations.median() / pd.Timedelta(run.timeframe))))
     info = {"pairs": per_pair, "skipped": {}, "signal": None, "strategy": run.strategy, "label_source": "trades",
             "sides": sides, "timeframe": run.timeframe, "rows": n, "trades": len(run.trades),
-            "unresolved_trades": run.unresolved, "label_backtest": {"key": run.key, "cache_hit": run.cache_hit},
+            "unresolved_trades": run.unresolved, "horizon_candles": horizon, "label_backtest": {"key": run.key, "cache_hit": run.cache_hit},
             "feature_count": len(names), "start": str(pooled["date"].iloc[0]), "end": str(pooled["date"].iloc[-1])}
     nan = np.full(n, np.nan)
     return Dataset(
@@ -209,3 +213,15 @@ def build_trade_dataset(cfg: MLConfig, run, min_rows: int | None = None) -> Data
         exit_times=_naive_ns(pooled["label_end"]), pairs=pooled["pair"].to_numpy(),
         feature_set_id=engineer.feature_set_id, info=info, sides=pooled["side"].to_numpy(dtype=object),
     )
+
+
+def empty_dataset(engineer: FeatureEngineer, with_side: bool) -> Dataset:
+    """No rows (a scoring window without trades): every array empty, columns as trained."""
+    from ml.gate import SIDE_FEATURE
+
+    names = [*engineer.feature_names, *([SIDE_FEATURE] if with_side else [])]
+    none = np.array([], dtype="datetime64[ns]")
+    return Dataset(X=pd.DataFrame(columns=names, dtype=np.float64), y=np.array([], dtype=np.int64),
+                   realised=np.array([]), take_profit=np.array([]), stop_loss=np.array([]), times=none,
+                   label_end=none, exit_times=none, pairs=np.array([], dtype=object),
+                   feature_set_id=engineer.feature_set_id, info={"rows": 0}, sides=np.array([], dtype=object))

@@ -1,9 +1,11 @@
 """``ftml demo``: the whole loop offline, in a few minutes, in its own folder.
 
 1. data: the config's candles when its data directory has every pair at its timeframe,
-   otherwise a synthetic *planted* market (said loudly);
-2. train with a small Optuna budget (``FTML_DEMO_TRIALS``, default 10), W&B offline into
-   ./wandb; the first 75% of the candles only;
+   otherwise a synthetic market with a *planted* intraday drift (said loudly), an edge
+   that any strategy's trades show;
+2. train on the strategy's own trades (``training.strategy``, default TrendPullback) with a
+   small Optuna budget (``FTML_DEMO_TRIALS``, default 10), W&B offline into ./wandb; the
+   first 75% of the candles only;
 3. validate against the gates and promote (a model with no edge is *not* promoted);
 4. backtest the gated strategy and its un-gated twin on the last 25%, which the model
    never saw, through the offline freqtrade runner;
@@ -33,9 +35,10 @@ from ml.config import read_json
 from ml.data import DataError, available_pairs, candle_dates
 from ml.synth import write_market
 
-DEMO_CANDLES = 12_000
+DEMO_CANDLES = 30_000
 DEMO_SEED = 4
-GATED, TWIN = "TrendPullbackML", "TrendPullback"
+DEMO_HOUR_DRIFT = 0.5  # an intraday drift: an edge any strategy's trades can show (see ml.synth)
+DEFAULT_STRATEGY = "TrendPullback"
 
 
 def _ftml(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -61,8 +64,8 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     if synthetic:
         console.print(f"[bold yellow]No {ft['timeframe']} candles for every pair in {ft['datadir']}: using a SYNTHETIC "
                       f"planted market ({DEMO_CANDLES} candles per pair). The numbers below are not a real market.[/]")
-        write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "planted", DEMO_SEED,
-                     data_format=ft["data_format"])
+        write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "null", DEMO_SEED,
+                     data_format=ft["data_format"], hour_drift=DEMO_HOUR_DRIFT)
     else:
         datadir.parent.mkdir(parents=True)
         datadir.symlink_to(Path(ft["datadir"]).resolve(), target_is_directory=True)
@@ -73,9 +76,9 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
                max_open_trades=max(cfg.get("max_open_trades", 5), 3 * len(ft["pairs"])))
     ml = cfg.setdefault("ml", {})
     ml["registry"] = {**ml.get("registry", {}), "path": str(demo / "registry")}
-    ml["model"] = {**ml.get("model", {}), "name": "trend_pullback"}
     trials = int(os.environ.get("FTML_DEMO_TRIALS", "10"))
-    ml["training"] = {**ml.get("training", {}), "signal": None, "trials": trials,
+    strategy = ml.get("training", {}).get("strategy") or DEFAULT_STRATEGY
+    ml["training"] = {**ml.get("training", {}), "strategy": strategy, "trials": trials,
                       "families": ["lightgbm", "logistic"]}
     (demo / "user_data").mkdir(exist_ok=True)
     (demo / "config.json").write_text(jsonsafe.dumps(cfg, indent=1))
@@ -103,30 +106,32 @@ def run_demo(config_path: str) -> int:
     done = _check(_ftml(["train", "-c", str(demo / "config.json"), "--timerange", train_range,
                          "--output", str(demo / "model")], cwd=Path.cwd()), "training")
     trained = json.loads(done.stdout.strip().splitlines()[-1])
-    version = str(trained["registered"]["version"])
+    version, name = str(trained["registered"]["version"]), trained["model"]
+    twin = cfg["ml"]["training"]["strategy"]
+    gated = cfg["ml"].get("retrain", {}).get("strategy") or f"{twin}ML"
 
     console.print("[bold]2/3 Validating[/] against the gates in config.json ...")
-    validated = _ftml(["registry", "validate", "trend_pullback", version, "-c", str(demo / "config.json"), "--json"],
+    validated = _ftml(["registry", "validate", name, version, "-c", str(demo / "config.json"), "--json"],
                       cwd=Path.cwd())
     gates = json.loads(validated.stdout)
     promoted = gates["passed"]
     if promoted:
-        _check(_ftml(["registry", "promote", "trend_pullback", version, "-c", str(demo / "config.json")],
+        _check(_ftml(["registry", "promote", name, version, "-c", str(demo / "config.json")],
                      cwd=Path.cwd()), "promotion")
     else:
         failed = [c["name"] for c in gates["checks"] if not c["passed"]]
         console.print(f"[red]Not promoted: gates failed ({', '.join(failed)}). The gated strategy will not trade.[/]")
 
-    console.print(f"[bold]3/3 Backtesting[/] {GATED} vs {TWIN} on {test_range} (after the training data) ...")
+    console.print(f"[bold]3/3 Backtesting[/] {gated} vs {twin} on {test_range} (after the training data) ...")
     export = demo / "backtest"
     export.mkdir()
     _check(_ftml(["freqtrade", "--offline", "backtesting", "-c", str(demo / "config.json"), "--strategy-list",
-                       GATED, TWIN, "--timerange", test_range, "--export", "trades", "--backtest-directory",
+                       gated, twin, "--timerange", test_range, "--export", "trades", "--backtest-directory",
                        str(export)], cwd=Path.cwd()), "backtest")
     from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
 
     stats = load_backtest_stats(export)["strategy"]
-    summary = _summary(trained, gates, promoted, stats, synthetic, demo)
+    summary = _summary(trained, gates, promoted, stats, synthetic, demo, gated, twin)
     _print_summary(console, summary)
     print(jsonsafe.dumps(summary))
     return 0
@@ -137,7 +142,7 @@ def _per_trade(s: dict[str, Any]) -> float | None:
     return sum(t["profit_ratio"] for t in trades) / len(trades) if trades else None
 
 
-def _summary(trained, gates, promoted, stats, synthetic, demo) -> dict[str, Any]:
+def _summary(trained, gates, promoted, stats, synthetic, demo, gated, twin) -> dict[str, Any]:
     test = trained["test"]
     return {
         "synthetic": synthetic, "verdict": trained["verdict"], "promoted": promoted,
@@ -148,8 +153,9 @@ def _summary(trained, gates, promoted, stats, synthetic, demo) -> dict[str, Any]
                         "ece_noise_band_90": test["ece_noise_band_90"], "mean_p": test["mean_p"],
                         "base_rate": test["base_rate"], "brier_skill": test["brier_skill"]},
         "gates_passed": gates["passed"],
-        "gated": {"trades": stats[GATED]["total_trades"], "profit_per_trade": _per_trade(stats[GATED])},
-        "ungated": {"trades": stats[TWIN]["total_trades"], "profit_per_trade": _per_trade(stats[TWIN])},
+        "model": trained["model"], "strategies": {"gated": gated, "ungated": twin},
+        "gated": {"trades": stats[gated]["total_trades"], "profit_per_trade": _per_trade(stats[gated])},
+        "ungated": {"trades": stats[twin]["total_trades"], "profit_per_trade": _per_trade(stats[twin])},
     }
 
 
@@ -168,8 +174,8 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         ("ECE raw -> calibrated (noise band)",
          f"{c['ece_raw']:.3f} -> {c['ece']:.3f} ({c['ece_noise_band_90'][0]:.3f}-{c['ece_noise_band_90'][1]:.3f})"),
         ("mean p vs hit rate", f"{c['mean_p']:.3f} vs {c['base_rate']:.3f}"),
-        (f"{GATED}: trades, profit per trade", f"{s['gated']['trades']}, {pct(s['gated']['profit_per_trade'])}"),
-        (f"{TWIN}: trades, profit per trade", f"{s['ungated']['trades']}, {pct(s['ungated']['profit_per_trade'])}"),
+        (f"{s['strategies']['gated']}: trades, profit per trade", f"{s['gated']['trades']}, {pct(s['gated']['profit_per_trade'])}"),
+        (f"{s['strategies']['ungated']}: trades, profit per trade", f"{s['ungated']['trades']}, {pct(s['ungated']['profit_per_trade'])}"),
         ("model bundle", s["bundle"]), ("plots", s["plots"]), ("registry", s["registry"]),
         ("W&B run (offline: `wandb sync` it)", str(s["wandb"])), ("backtest results", s["backtest"]),
     ]

@@ -46,11 +46,11 @@ from ml import jsonsafe, tracking
 from ml.bundle import load_bundle
 from ml.config import MLConfig
 from ml.data import DataError, candle_dates
-from ml.dataset import build_dataset
+from ml.dataset import build_dataset, build_trade_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
 from ml.registry import ProductionMoved, RegistryError, open_registry, pid_alive, run_gates
 from ml.storage import redacted_settings
-from ml.train import TrainRequest, train
+from ml.train import TrainRequest, per_row_outcomes, train
 
 logger = logging.getLogger("ftml.retrain")
 
@@ -98,7 +98,13 @@ class Retrain:
         self.dry_run, self.download = dry_run, download
         self.user_data = Path(ft["user_data_dir"]).resolve()
         self.registry = open_registry(cfg.registry.path)
-        self.name = cfg.model.name
+        self.strategy = cfg.training.strategy
+        if self.strategy:
+            from ml.trade_labels import strategy_name
+
+            self.name = strategy_name(config_path, self.strategy)  # the name its MLGate twin loads
+        else:
+            self.name = cfg.model.name
         self.started = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
@@ -135,14 +141,28 @@ class Retrain:
         return pd.Timestamp(max(ends))
 
     def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
-        data = build_dataset(self.cfg, Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"], None,
-                             self.cfg.training.signal, self.ft["data_format"])
+        """The rows of the window: the strategy's own trades opened in it (its label backtest
+        from the window's start), or the research signal's fixed-barrier rows."""
+        if self.strategy:
+            from ml.features import FeatureEngineer
+            from ml.trade_labels import strategy_trades
+
+            run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-", self.ft["pairs"],
+                                  min_startup=FeatureEngineer(self.cfg.features, self.ft["timeframe"]).startup_candles)
+            data = build_trade_dataset(self.cfg, run, min_rows=0)
+        else:
+            data = build_dataset(self.cfg, Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"], None,
+                                 self.cfg.training.signal, self.ft["data_format"])
         keep = (data.times > _ns(start)) & (data.times <= _ns(end))
-        return data.take(np.flatnonzero(keep))
+        rows = data.take(np.flatnonzero(keep))
+        self.horizon = data.info.get("horizon_candles", self.cfg.label.horizon)
+        return rows
 
     @property
     def horizon_span(self) -> np.timedelta64:
-        return (pd.Timedelta(self.ft["timeframe"]) * self.cfg.label.horizon).as_unit("ns").to_timedelta64()
+        """Blocks of the bootstrap: as long as a typical trade (neighbouring rows share it)."""
+        horizon = getattr(self, "horizon", self.cfg.label.horizon)
+        return (pd.Timedelta(self.ft["timeframe"]) * horizon).as_unit("ns").to_timedelta64()
 
     def score(self, bundle_dir: Path, rows) -> tuple[dict[str, Any], np.ndarray]:
         """Window metrics of one model, and its per-row log loss (for the paired comparison)."""
@@ -150,7 +170,9 @@ class Retrain:
         X = rows.X[bundle.feature_names].to_numpy(dtype=np.float64)
         p_raw = bundle.predict_raw(X)
         p = bundle.calibrator.transform(p_raw)
-        report = evaluate(rows.y, p_raw, p, rows.realised, bundle.outcome_returns(), self.cfg.gate.ev_margin,
+        sides = rows.side_of_rows()
+        outcomes = per_row_outcomes({side: bundle.outcome_returns(side) for side in set(sides)}, sides)
+        report = evaluate(rows.y, p_raw, p, rows.realised, outcomes, self.cfg.gate.ev_margin,
                           rows.times, self.horizon_span, rows.exit_times, rows.pairs, min_trades=self.cfg.gate.min_trades)
         summary = {"rows": report["rows"], "log_loss": report["log_loss"], "brier": report["brier"], "auc": report["auc"],
                    "ece": report["calibrated"]["ece"], "mean_p": report["mean_p"], "hit_rate": report["base_rate"],
@@ -227,13 +249,17 @@ class Retrain:
         request = TrainRequest(Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"],
                                f"{_day(train_from)}-{_day(start - step * self.cfg.training.embargo)}", bundle_dir,
                                self.cfg.training.storage or f"sqlite:///{self.user_data / 'optuna.sqlite3'}",
-                               f"{self.name}-retrain-{stamp}", self.ft["data_format"])
+                               f"{self.name}-retrain-{stamp}", self.ft["data_format"], strategy=self.strategy,
+                               config_path=self.config_path)
         trained = self._timed("train", train, self.cfg, request)
         summary["challenger_test"] = {k: trained["test"][k] for k in ("auc", "brier_skill", "ece", "ev_gate_trades")}
 
         # ---- same window, both models
         rows = self._timed("window_rows", self.window_rows, start, end)
         summary["window_rows"] = len(rows)
+        if len(rows) == 0:
+            return self._finish(summary, "kept" if champion else "not promoted",
+                                ["no closed trades in the window to score the models on"])
         scores, losses = {}, {}
         scores["challenger"], losses["challenger"] = self.score(bundle_dir, rows)
         champion_dir = self.registry.version_dir(champion) if champion else None

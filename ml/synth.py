@@ -70,9 +70,9 @@ def simulate(
     wild regime): with fixed barriers the win rate moves with it, the base-rate drift that
     calibration on a recent block exists to fix.
     ``hour_drift`` adds an intraday drift of ``hour_drift * cos(2*pi*(hour - 6)/24)``
-    volatilities per candle (up in the early UTC hours, down in the late ones): a known
-    edge for *any* strategy's trades, which hour-of-day features recover, whatever the
-    strategy's own entry rule is. The returned score does not include it.
+    volatilities per candle (up in the early UTC hours, down in the late ones; reversed from
+    ``flip_at`` on): a known edge for *any* strategy's trades, which hour-of-day features
+    recover, whatever the strategy's own entry rule is. The returned score does not include it.
     """
     if market not in ("null", "planted"):
         raise ValueError(f"market must be 'null' or 'planted', got {market!r}")
@@ -94,6 +94,8 @@ def simulate(
         if flip_at is not None:
             kappa[flip_at:] = -strength
     drift = hour_drift * np.cos(2.0 * np.pi * (hours - 6.0) / 24.0)
+    if flip_at is not None:
+        drift[flip_at:] *= -1.0  # the regime change reverses the intraday edge too
     log_ret, score = _run_process(shocks, vol_season, kappa, sigma, drift)
 
     price0 = start_price if start_price is not None else 10 ** rng.uniform(-3, 2)

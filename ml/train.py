@@ -109,7 +109,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     data = load_dataset(cfg, req)
     if req.strategy:
         signal = None
-    gap = purge_gap(req.timeframe, cfg.label.horizon, t.embargo)
+    horizon = data.info.get("horizon_candles", cfg.label.horizon)  # how long a trade lasts, typically
+    gap = purge_gap(req.timeframe, horizon, t.embargo)
     split = chronological_split(data.times, t.calib_fraction, t.test_fraction, gap, data.label_end,
                                 min_rows=max(30, t.min_samples // 10))
     train_block, calib_block, test_block = data.take(split.train), data.take(split.calib), data.take(split.test)
@@ -155,7 +156,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     # ---- one look at the test block
     p_test_raw = model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64))
     p_test = calibrator.transform(p_test_raw)
-    horizon_span = (pd.Timedelta(req.timeframe) * cfg.label.horizon).as_unit("ns").to_timedelta64()
+    horizon_span = (pd.Timedelta(req.timeframe) * horizon).as_unit("ns").to_timedelta64()
     report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised,
                       per_row_outcomes(outcomes, test_block.side_of_rows()), cfg.gate.ev_margin,
                       test_block.times, horizon_span, test_block.exit_times, test_block.pairs,

@@ -1,10 +1,13 @@
-"""Mean reversion, gated by the production model 'mean_reversion' (see ml.strategy).
+"""MeanReversion, gated by the ML model trained on its own trades (see TrendPullbackML).
 
+    ftml train -c config.json --strategy MeanReversion
     ftml freqtrade --offline backtesting -c config.json --strategy-list MeanReversionML MeanReversion
 """
 
-from ml.strategy import MLGatedStrategy
+from MeanReversion import MeanReversion
+
+from ml.gate import MLGate
 
 
-class MeanReversionML(MLGatedStrategy):
-    signal_name = "mean_reversion"
+class MeanReversionML(MLGate, MeanReversion):
+    pass

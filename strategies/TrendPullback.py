@@ -1,8 +1,8 @@
 """Plain trend-pullback strategy, no ML: the un-gated twin of TrendPullbackML.
 
 Entry: EMA50 above EMA200 and an RSI dip (``ml.signals.trend_pullback``).
-Exits: take-profit via ROI, stop-loss, and a time exit after ``horizon_candles``, the
-same barriers the ML label uses by default (``"ml" -> "label"`` in config.json).
+Exits: take-profit via ROI, stop-loss, and a time exit after ``horizon_candles``. Its gated
+twin TrendPullbackML keeps all of them and only removes entries.
 """
 
 from datetime import datetime

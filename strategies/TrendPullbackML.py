@@ -1,11 +1,13 @@
-"""Trend pullback, gated by the production model 'trend_pullback' (see ml.strategy).
+"""TrendPullback, gated by the ML model trained on its own trades: the one line below.
 
-Compare with its un-gated twin in one run:
+    ftml train -c config.json --strategy TrendPullback
     ftml freqtrade --offline backtesting -c config.json --strategy-list TrendPullbackML TrendPullback
 """
 
-from ml.strategy import MLGatedStrategy
+from TrendPullback import TrendPullback
+
+from ml.gate import MLGate
 
 
-class TrendPullbackML(MLGatedStrategy):
-    signal_name = "trend_pullback"
+class TrendPullbackML(MLGate, TrendPullback):
+    pass

@@ -26,10 +26,10 @@ def test_demo_runs_end_to_end_and_starts_clean_each_time(tmp_path):
     assert summary["synthetic"] is True and "SYNTHETIC" in done.stdout
     assert not stale.exists()  # the demo folder is replaced whole
     registry = json.loads((tmp_path / "user_data" / "demo" / "registry" / "registry.json").read_text())
-    versions = registry["models"]["trend_pullback"]["versions"]
+    versions = registry["models"]["TrendPullback"]["versions"]
     assert len(versions) == 1
     assert summary["promoted"] and summary["verdict"] == "edge"  # the planted market has one
-    assert registry["models"]["trend_pullback"]["production"] == summary["production_version"] == 1
+    assert registry["models"]["TrendPullback"]["production"] == summary["production_version"] == 1
     assert summary["ungated"]["trades"] > 0  # the backtest ran
     assert list((tmp_path / "user_data" / "demo" / "backtest").glob("backtest-result-*.zip"))
     assert (tmp_path / "wandb").is_dir() and str(summary["wandb"]).startswith(str(tmp_path / "wandb"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from datetime import timedelta
 
 import pytest
 from freqtrade.enums import RunMode
@@ -42,55 +41,15 @@ def test_kill_switch_closes_the_gate_on_the_next_candle_and_enable_reopens_it(pl
     strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
     assert strategy.model.version == 1
     write_config(tmp_path / "config.json", ml={"registry": {"path": str(store)}})
-    done = run_ftml("registry", "disable", "trend_pullback", "--reason", "exchange outage", "-c", "config.json",
+    done = run_ftml("registry", "disable", "TrendPullback", "--reason", "exchange outage", "-c", "config.json",
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     closed = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 01:00"), {"pair": "P1/BTC"})
     assert strategy.model is None and closed["ml_proba"].isna().all()
     assert "disabled by the operator (exchange outage)" in caplog.text
-    assert run_ftml("registry", "enable", "trend_pullback", "-c", "config.json", cwd=tmp_path).returncode == 0
+    assert run_ftml("registry", "enable", "TrendPullback", "-c", "config.json", cwd=tmp_path).returncode == 0
     strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 02:00"), {"pair": "P1/BTC"})
     assert strategy.model is not None and strategy.model.version == 1
-
-
-@pytest.mark.slow
-def test_an_open_trade_keeps_the_exits_of_the_model_that_opened_it(planted, tmp_path):  # noqa: F811
-    """v1 trades 3% / 3% / 24 candles; v2 arrives with 6% take-profit and 48 candles. A trade
-    opened under v1 used to keep v1's stop but get v2's take-profit and time exit."""
-    from freqtrade.persistence import Trade
-
-    strategy, store, open_date, rate = dry_run_on_a_copy(planted, tmp_path)
-
-    def trade(tag):
-        t = Trade(pair="P2/BTC", open_rate=rate, open_date=open_date, amount=1.0, stake_amount=rate, fee_open=0.001,
-                  fee_close=0.001, exchange="binance", is_open=True, leverage=1.0, enter_tag=tag)
-        t.adjust_stop_loss(rate, strategy.stoploss, initial=True)
-        return t
-
-    old = trade("ml_gate:v1")
-    reg = open_registry(store)
-    v2 = tmp_path / "v2"
-    shutil.copytree(store / reg.production("trend_pullback")["path"], v2)
-    manifest = json.loads((v2 / "bundle.json").read_text())
-    manifest["label"] = {**manifest["label"], "take_profit": 0.06, "horizon": 48}
-    (v2 / "bundle.json").write_text(json.dumps(manifest))
-    reg.register(v2, "trend_pullback")
-    reg.promote("trend_pullback", 2, force=True, reason="wider barriers")
-    strategy.analyze_ticker(live_frames(planted, "P2/BTC", "2025-08-01 01:00"), {"pair": "P2/BTC"})
-    assert strategy.model.version == 2
-    new = trade("ml_gate:v2")
-    later = open_date + timedelta(hours=2)
-    up4 = dict(low=rate, high=rate * 1.04)
-    assert any(e.exit_type.name == "ROI" for e in strategy.should_exit(old, rate * 1.04, later, enter=False,
-                                                                        exit_=False, **up4))
-    assert not any(e.exit_type.name == "ROI" for e in strategy.should_exit(new, rate * 1.04, later, enter=False,
-                                                                            exit_=False, **up4))
-    day = open_date + timedelta(hours=24)
-    flat = dict(low=rate, high=rate)
-    assert any(e.exit_reason == "time_exit" for e in strategy.should_exit(old, rate, day, enter=False, exit_=False,
-                                                                           **flat))
-    assert not any(e.exit_reason == "time_exit" for e in strategy.should_exit(new, rate, day, enter=False,
-                                                                               exit_=False, **flat))
 
 
 def test_a_zero_volume_candle_warns_once_per_pair_not_once_per_candle(caplog):

@@ -25,20 +25,19 @@ SUMMARY_FIELDS = {"decision", "model", "champion", "challenger", "window", "scor
 def project(root: Path, window_days=120, train_days=240) -> Path:
     write_config(root / "config.json", max_open_trades=40,
                  exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS},
-                 ml={"model": {"name": "mean_reversion"}, "tracking": {"mode": "disabled"},
-                     "training": {"signal": None, "trials": 4, "families": ["lightgbm", "logistic"]},
-                     "retrain": {"window_days": window_days, "train_days": train_days, "strategy": "MeanReversionML"}})
+                 ml={"tracking": {"mode": "disabled"},
+                     "training": {"strategy": "TrendPullback", "trials": 4, "families": ["lightgbm", "logistic"]},
+                     "retrain": {"window_days": window_days, "train_days": train_days, "strategy": "TrendPullbackML"}})
     (root / "user_data").mkdir(exist_ok=True)
     return root
 
 
 def market(root: Path, kind: str, candles: int, **process) -> None:
-    # A stronger planted rule than the default 0.25: the challenger's own test block is only
-    # ~1150 candles x 8 pairs, where the default market's gated mean return (+0.2% per
-    # trade) sits within two standard errors of zero and the gates rightly refuse it.
+    """"planted": an intraday drift that TrendPullback's own trades show (flip_at reverses
+    it); "null": nothing to predict."""
     if kind == "planted":
-        process = {"strength": 0.4, **process}
-    write_market(root / "user_data" / "data" / "binance", PAIRS, "1h", candles, kind, 3, **process)
+        process = {"hour_drift": 0.5, **process}
+    write_market(root / "user_data" / "data" / "binance", PAIRS, "1h", candles, "null", 3, **process)
 
 
 def retrain(root: Path, *args: str, wait=True, config="config.json"):
@@ -62,7 +61,7 @@ def planted(tmp_path_factory):
 def test_first_run_on_an_empty_registry_promotes(planted):
     root, first = planted
     assert first["decision"] == "promoted" and first["champion"] is None and first["challenger"] == 1
-    assert open_registry(root / "registry").production("mean_reversion")["id"] == 1
+    assert open_registry(root / "registry").production("TrendPullback")["id"] == 1
     assert SUMMARY_FIELDS <= set(first)
     assert first["backtests"]["challenger"]["trades"] > 0
     assert (root / "user_data" / "logs" / "retrain.log").read_text().count("Retrain promoted") == 1
@@ -73,8 +72,8 @@ def test_second_run_on_the_same_data_keeps_the_champion(planted):
     second = retrain(root)
     assert second["decision"] == "kept" and second["champion"] == 1
     reg = open_registry(root / "registry")
-    assert reg.production("mean_reversion")["id"] == 1
-    loser = reg.version("mean_reversion", second["challenger"])
+    assert reg.production("TrendPullback")["id"] == 1
+    loser = reg.version("TrendPullback", second["challenger"])
     assert loser["status"] == "failed" and "does not beat the champion" in loser["notes"]
     assert set(second["backtests"]) == {"champion", "challenger"}
     assert {"champion", "challenger", "gain"} == set(second["scores"])
@@ -110,7 +109,7 @@ def test_a_regime_flip_promotes_the_challenger(tmp_path):
     after = retrain(root)
     assert after["decision"] == "promoted", after["reasons"]
     assert after["scores"]["challenger"]["log_loss"] < after["scores"]["champion"]["log_loss"]
-    assert open_registry(root / "registry").production("mean_reversion")["id"] == after["challenger"]
+    assert open_registry(root / "registry").production("TrendPullback")["id"] == after["challenger"]
 
 
 def test_a_null_market_never_promotes(tmp_path):
@@ -119,8 +118,8 @@ def test_a_null_market_never_promotes(tmp_path):
     summary = retrain(root)
     assert summary["decision"] == "not promoted" and summary["reasons"]
     reg = open_registry(root / "registry")
-    assert reg.read()["models"]["mean_reversion"]["production"] is None
-    assert reg.version("mean_reversion", 1)["status"] == "failed"
+    assert reg.read()["models"]["TrendPullback"]["production"] is None
+    assert reg.version("TrendPullback", 1)["status"] == "failed"
 
 
 def test_concurrent_runs_one_works_one_is_locked(planted):
@@ -152,7 +151,7 @@ def test_a_killed_run_leaves_a_lock_the_next_run_recovers(planted):
     summary = retrain(root, config=quick_config(root))
     assert any("recovered a stale lock" in n for n in summary["notes"])
     reg = open_registry(root / "registry")
-    assert not [v for v in reg.read()["models"]["mean_reversion"]["versions"].values() if reg.verify_version(v)]
+    assert not [v for v in reg.read()["models"]["TrendPullback"]["versions"].values() if reg.verify_version(v)]
 
 
 def test_drift_or_age_policy_skips_a_fresh_stable_champion(planted):
@@ -169,7 +168,7 @@ def test_a_tampered_champion_stops_the_run_before_any_work(planted, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns("retrain.lock*", "models", "backtest_results"))
     reg = open_registry(copy / "registry")
-    entry = reg.production("mean_reversion")
+    entry = reg.production("TrendPullback")
     model = next((copy / "registry" / entry["path"]).glob("model.*"))
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
