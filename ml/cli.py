@@ -197,13 +197,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def strategy_model_name(config_path: str, cfg: mlconfig.MLConfig) -> str | None:
+    """The model name of config.json's ``training.strategy`` (its user class), or None."""
+    if not cfg.training.strategy:
+        return None
+    from ml.trade_labels import strategy_name
+
+    return strategy_name(config_path, cfg.training.strategy)
+
+
 # ---------------------------------------------------------------- drift
 def cmd_drift(args: argparse.Namespace) -> int:
     from ml.drift_check import print_drift, run_drift
 
     cfg = mlconfig.load(args.config)
     ft = freqtrade_settings(args.config)
-    report = run_drift(cfg, ft, args.model or cfg.model.name, args.window_days or cfg.retrain.window_days)
+    name = args.model or (strategy_model_name(args.config, cfg) or cfg.model.name)
+    report = run_drift(cfg, ft, name, args.window_days or cfg.retrain.window_days, args.config)
     if args.json:
         print(jsonsafe.dumps(report))
     else:
@@ -241,6 +251,18 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise
     record_run(_user_data_of(args.config), summary)
     print(jsonsafe.dumps(summary))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- new-strategy
+def cmd_new_strategy(args: argparse.Namespace) -> int:
+    from ml.scaffold import write_gated_twin
+
+    target = write_gated_twin(args.config, args.source, args.force)
+    name = target.stem[:-2]
+    print(f"Wrote {target}. Next:\n  ftml train -c {args.config} --strategy {name}\n"
+          f"  ftml registry validate {name} 1 -c {args.config}\n  ftml registry promote {name} 1 -c {args.config}\n"
+          f"  ftml freqtrade --offline backtesting -c {args.config} --strategy-list {name}ML {name}")
     return EXIT_OK
 
 
@@ -354,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "trials, then fits the best trial and registers it, once.")
     tr.set_defaults(func=cmd_train)
 
+    new = sub.add_parser(
+        "new-strategy",
+        help="write the gated twin of your strategy: <Name>ML.py, one line of MLGate",
+        description="Write <Name>ML.py next to your strategy's file: `class <Name>ML(MLGate, <Name>): pass`. "
+        "It keeps every entry, exit and callback of <Name> and only removes entries whose expected value "
+        "after fees is not above ml.gate.ev_margin.",
+    )
+    new.add_argument("-c", "--config", default="config.json")
+    new.add_argument("--from", dest="source", required=True, metavar="STRATEGY",
+                     help="your strategy's class name, as for freqtrade's --strategy")
+    new.add_argument("--force", action="store_true", help="overwrite an existing <Name>ML.py")
+    new.set_defaults(func=cmd_new_strategy)
+
     from ml.cli_registry import add_parser as add_registry_parser
 
     add_registry_parser(sub)
@@ -366,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         "there (ECE, mean p against the hit rate).",
     )
     drift.add_argument("-c", "--config", default="config.json")
-    drift.add_argument("--model", help="registry model name (default: ml.model.name)")
+    drift.add_argument("--model", help="registry model name (default: the name of training.strategy, else ml.model.name)")
     drift.add_argument("--window-days", type=int, help="recent window (default: ml.retrain.window_days)")
     drift.add_argument("--json", action="store_true")
     drift.set_defaults(func=cmd_drift)

@@ -46,6 +46,9 @@ class FeatureSettings(_Section):
     periods: list[int] = Field(default_factory=lambda: [6, 14, 30, 60])
     higher_timeframes: list[str] = Field(default_factory=lambda: ["1h", "4h"])
     correlation_pruning: float | None = Field(None, gt=0.0, le=1.0)
+    include_columns: list[str] = Field(default_factory=list, description="Columns the strategy's own "
+                                       "populate_indicators makes, by name or glob pattern ('rsi', 'bb_*'), "
+                                       "added to the features (opt-in).")
 
     @model_validator(mode="after")
     def _periods_positive(self) -> FeatureSettings:

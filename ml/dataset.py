@@ -151,6 +151,8 @@ def trade_rows(run, engineer: FeatureEngineer, min_profit: float, with_side: boo
         if candles is None or candles.empty:
             per_pair[pair] = {"trades": len(trades), "rows": 0, "no_features": len(trades)}
             continue
+        if pair in run.indicators:  # the strategy's own columns named by include_columns
+            candles = candles.merge(run.indicators[pair], on="date", how="left")
         feats = engineer.features(candles, pair)
         feats.index = pd.DatetimeIndex(pd.to_datetime(candles["date"], utc=True))
         signal = pd.to_datetime(trades["open_date"], utc=True) - step
@@ -170,6 +172,9 @@ def trade_rows(run, engineer: FeatureEngineer, min_profit: float, with_side: boo
         parts.append(rows)
         per_pair[pair] = {"trades": len(trades), "rows": int(usable.sum()), "no_features": int((~usable).sum())}
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), per_pair
+
+
+NON_FEATURES = ("date", "realised", "label", "label_end", "pair", "side")
 
 
 def build_trade_dataset(cfg: MLConfig, run, min_rows: int | None = None) -> Dataset:
@@ -197,7 +202,11 @@ def build_trade_dataset(cfg: MLConfig, run, min_rows: int | None = None) -> Data
         raise TrainingDataError(f"All {n} trades of {run.strategy} are {'wins' if pooled['label'].iloc[0] else 'losses'}"
                                 f" at min_profit {cfg.label.min_profit}: nothing to learn.")
     pooled = pooled.sort_values(["date", "pair"], kind="stable", ignore_index=True)
-    names = [*engineer.feature_names, *([SIDE_FEATURE] if with_side else [])]
+    user = sorted(set(pooled.columns) - set(engineer.feature_names) - set(NON_FEATURES) - {SIDE_FEATURE})
+    if cfg.features.include_columns and not user:
+        raise TrainingDataError(f"ml.features.include_columns {cfg.features.include_columns} matches no numeric "
+                                f"column of {run.strategy}'s populate_indicators.")
+    names = [*engineer.feature_names, *user, *([SIDE_FEATURE] if with_side else [])]
     sides = sorted(set(pooled["side"]))
     durations = (pd.to_datetime(pooled["label_end"], utc=True) - pd.to_datetime(pooled["date"], utc=True))
     horizon = max(1, int(np.ceil(durations.median() / pd.Timedelta(run.timeframe))))

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ml.config import MLConfig, from_dict
-from ml.dataset import build_dataset
+from ml.dataset import build_dataset, build_trade_dataset
 from ml.drift import MAJOR, MODERATE, drift_report
 from ml.features import FeatureEngineer
 from ml.predictor import ProductionModel
@@ -21,15 +21,31 @@ def _naive(ts: str) -> np.datetime64:
     return pd.Timestamp(ts).tz_convert("UTC").tz_localize(None).to_datetime64()
 
 
-def run_drift(cfg: MLConfig, ft: dict[str, Any], name: str, window_days: int) -> dict[str, Any]:
-    engineer = FeatureEngineer(cfg.features, ft["timeframe"])
-    model = ProductionModel.load(cfg.registry.path, name, engineer)
-    entry = model.entry
+def model_rows(cfg: MLConfig, ft: dict[str, Any], entry: dict[str, Any], config_path: str | Path | None):
+    """Every row of the kind the model was trained on, over all stored candles: its
+    strategy's own trades (label backtest, cached), or in research mode its signal's rows."""
+    if entry.get("label_source") == "trades":
+        from ml.trade_labels import strategy_trades
+
+        if config_path is None:
+            raise ValueError("a model of a strategy's trades needs the config file to run its label backtest")
+        engineer = FeatureEngineer(cfg.features, ft["timeframe"])
+        run = strategy_trades(config_path, entry["strategy"], None, entry.get("pairs") or ft["pairs"],
+                              min_startup=engineer.startup_candles, engineer=engineer)
+        return build_trade_dataset(cfg, run, min_rows=0)
     # Rows as the champion saw them: its own label barriers and signal.
     champion_cfg = from_dict({**cfg.model_dump(), "label": entry["label"],
                               "training": {**cfg.training.model_dump(), "signal": entry.get("signal")}})
-    data = build_dataset(champion_cfg, Path(ft["datadir"]), entry.get("pairs") or ft["pairs"], ft["timeframe"],
+    return build_dataset(champion_cfg, Path(ft["datadir"]), entry.get("pairs") or ft["pairs"], ft["timeframe"],
                          None, entry.get("signal"), ft["data_format"])
+
+
+def run_drift(cfg: MLConfig, ft: dict[str, Any], name: str, window_days: int,
+              config_path: str | Path | None = None) -> dict[str, Any]:
+    engineer = FeatureEngineer(cfg.features, ft["timeframe"])
+    model = ProductionModel.load(cfg.registry.path, name, engineer)
+    entry = model.entry
+    data = model_rows(cfg, ft, entry, config_path)
     start, end = (_naive(t) for t in entry["ranges"]["train"])
     reference = (data.times >= start) & (data.times <= end)
     window_start = data.times.max() - np.timedelta64(window_days, "D")

@@ -16,6 +16,7 @@ recursive indicators keep running, and their own rows get NaN features plus one 
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -236,6 +237,8 @@ class FeatureEngineer:
             "higher_timeframes": self.higher_timeframes,
             "names": self.feature_names,
         }
+        if self.settings.include_columns:  # only then: every existing model keeps its id
+            spec["include_columns"] = sorted(self.settings.include_columns)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---------------------------------------------------------------- transform
@@ -254,7 +257,26 @@ class FeatureEngineer:
         missing = [c for c in REQUIRED if c not in df.columns]
         if missing:
             raise KeyError(f"FeatureEngineer needs columns {missing}; the frame has {list(df.columns)}")
-        return self._compute(df, source)
+        features = self._compute(df, source)
+        user = self.user_columns(df)
+        if user:
+            values = df[user].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+            features = pd.concat([features, values], axis=1)
+        return features
+
+    def user_columns(self, df: pd.DataFrame) -> list[str]:
+        """The strategy's own numeric columns that ``include_columns`` names (sorted): never
+        OHLCV, freqtrade's signal columns or the gate's own."""
+        patterns = self.settings.include_columns
+        if not patterns:
+            return []
+        reserved = set(REQUIRED) | {"enter_long", "enter_short", "exit_long", "exit_short", "enter_tag", "exit_tag"}
+        return sorted(
+            c for c in df.columns
+            if isinstance(c, str) and c not in reserved and not c.startswith(("ml_", PREFIX))
+            and any(fnmatch.fnmatchcase(c, p) for p in patterns)
+            and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
+        )
 
     def _warn_once(self, source: str | None, key: str, message: str, *args) -> None:
         if source is not None:

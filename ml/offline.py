@@ -38,7 +38,8 @@ def _data_pairs(config: dict[str, Any]) -> list[str]:
     from freqtrade.enums import TradingMode
 
     handler = get_datahandlerclass(config.get("dataformat_ohlcv", "feather"))
-    found = handler.ohlcv_get_available_data(Path(config["datadir"]), TradingMode.SPOT)
+    mode = TradingMode.FUTURES if config.get("trading_mode") == "futures" else TradingMode.SPOT
+    found = handler.ohlcv_get_available_data(Path(config["datadir"]), mode)
     return sorted({pair for pair, _, _ in found})
 
 
@@ -51,10 +52,22 @@ def _wanted_pairs(config: dict[str, Any]) -> list[str]:
 
 
 def synthetic_market(pair: str, precision_mode: int, fee: float = DEFAULT_FEE) -> dict[str, Any]:
-    """A ccxt-style spot market that freqtrade accepts, for a pair we only have data for."""
+    """A ccxt-style market that freqtrade accepts, for a pair we only have data for: spot,
+    or a linear perpetual swap for a futures pair (``ETH/USDT:USDT``)."""
     base, quote = pair.split(":")[0].split("/")
+    settle = pair.split(":")[1] if ":" in pair else None
     digits = 8
     step = 10.0**-digits if precision_mode == _TICK_SIZE else digits
+    market = _spot_market(pair, base, quote, step, fee)
+    if settle:
+        market.update({"id": f"{base}{quote}_PERP", "type": "swap", "spot": False, "swap": True,
+                       "contract": True, "linear": True, "inverse": False, "contractSize": 1.0,
+                       "settle": settle, "settleId": settle})
+        market["limits"]["leverage"] = {"min": 1.0, "max": 20.0}
+    return market
+
+
+def _spot_market(pair: str, base: str, quote: str, step: float, fee: float) -> dict[str, Any]:
     return {
         "id": f"{base}{quote}",
         "symbol": pair,

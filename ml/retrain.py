@@ -44,7 +44,7 @@ from filelock import FileLock, Timeout
 
 from ml import jsonsafe, tracking
 from ml.bundle import load_bundle
-from ml.config import MLConfig
+from ml.config import MLConfig, from_dict
 from ml.data import DataError, candle_dates
 from ml.dataset import build_dataset, build_trade_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
@@ -103,6 +103,7 @@ class Retrain:
             from ml.trade_labels import strategy_name
 
             self.name = strategy_name(config_path, self.strategy)  # the name its MLGate twin loads
+            self.cfg = cfg = from_dict({**cfg.model_dump(), "model": {"name": self.name}}, source=str(config_path))
         else:
             self.name = cfg.model.name
         self.started = time.perf_counter()
@@ -147,8 +148,9 @@ class Retrain:
             from ml.features import FeatureEngineer
             from ml.trade_labels import strategy_trades
 
+            engineer = FeatureEngineer(self.cfg.features, self.ft["timeframe"])
             run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-", self.ft["pairs"],
-                                  min_startup=FeatureEngineer(self.cfg.features, self.ft["timeframe"]).startup_candles)
+                                  min_startup=engineer.startup_candles, engineer=engineer)
             data = build_trade_dataset(self.cfg, run, min_rows=0)
         else:
             data = build_dataset(self.cfg, Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"], None,
@@ -231,7 +233,8 @@ class Retrain:
         if champion:
             from ml.drift_check import run_drift
 
-            drift = self._timed("drift", run_drift, self.cfg, self.ft, self.name, self.cfg.retrain.window_days)
+            drift = self._timed("drift", run_drift, self.cfg, self.ft, self.name, self.cfg.retrain.window_days,
+                                self.config_path)
             summary["drift"] = {k: drift.get(k) for k in ("max_psi", "features_major", "drifted", "model_age_days")}
             summary["drift"]["calibration"] = drift.get("calibration")
             if self.cfg.retrain.when == "drift_or_age" and not drift["drifted"] \
@@ -420,7 +423,7 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
         job = Retrain(config_path, cfg, ft, dry_run, download)
         job.notes.extend(notes)
         summary = job.run()
-        tracker = tracking.start(cfg.tracking, {"ml": redacted_settings(cfg.model_dump()), "retrain": True}, name=f"retrain-{cfg.model.name}",
+        tracker = tracking.start(cfg.tracking, {"ml": redacted_settings(cfg.model_dump()), "retrain": True}, name=f"retrain-{job.name}",
                                  job_type="retrain")
         tracker.log_metrics(summary)
         tracker.finish()

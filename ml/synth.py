@@ -163,17 +163,28 @@ def write_market(
     start: str = "2024-01-01",
     flip_at: int | None = None,
     data_format: str = "feather",
+    trading_mode: str = "spot",
     **process: float | int | None,
 ) -> list[Path]:
-    """Write one file per pair in freqtrade's own format and naming."""
+    """Write one file per pair in freqtrade's own format and naming.
+
+    ``trading_mode="futures"`` (pairs like ``ETH/USDT:USDT``) writes what freqtrade's futures
+    backtest reads: the futures candles, mark candles equal to them, and a zero funding rate.
+    """
     datadir = Path(datadir)
     datadir.mkdir(parents=True, exist_ok=True)
     handler = get_datahandler(datadir, data_format)
+    futures = trading_mode == "futures"
     written = []
     for i, pair in enumerate(pairs):
         frame, _ = simulate(candles, timeframe, market, pair_seed(seed, i), start, flip_at, **process)
-        handler.ohlcv_store(pair, timeframe, frame, CandleType.SPOT)
-        written.append(handler._pair_data_filename(datadir, pair, timeframe, CandleType.SPOT))
+        kind = CandleType.FUTURES if futures else CandleType.SPOT
+        handler.ohlcv_store(pair, timeframe, frame, kind)
+        written.append(handler._pair_data_filename(datadir, pair, timeframe, kind))
+        if futures:
+            handler.ohlcv_store(pair, timeframe, frame, CandleType.MARK)
+            funding = pd.DataFrame({"date": frame["date"], "funding_rate": 0.0})
+            handler.ohlcv_store(pair, timeframe, funding, CandleType.FUNDING_RATE)
     return written
 
 

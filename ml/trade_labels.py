@@ -53,6 +53,7 @@ class TradeRun:
     cache_hit: bool
     key: str
     info: dict[str, Any] = field(default_factory=dict)
+    indicators: dict[str, pd.DataFrame] = field(default_factory=dict)  # pair -> date + include_columns
 
 
 def ungated_class(cls: type) -> type:
@@ -67,6 +68,10 @@ def ungated_class(cls: type) -> type:
     return cls
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def backtest_config(config_path: str | Path, strategy: str, timerange: str | None,
                     pairs: list[str] | None = None) -> dict[str, Any]:
     """freqtrade's own configuration for the label backtest (as `freqtrade backtesting`
@@ -78,7 +83,7 @@ def backtest_config(config_path: str | Path, strategy: str, timerange: str | Non
     try:
         config = setup_utils_configuration(args, RunMode.BACKTEST)
     except Exception as err:  # freqtrade raises its own exception types for a bad config
-        raise StrategyError(f"freqtrade cannot read {config_path}: {err}") from err
+        raise StrategyError(f"freqtrade cannot read {config_path}: {_first_line(err)}") from err
     if pairs:
         config["exchange"]["pair_whitelist"] = list(pairs)
     config.update({
@@ -166,12 +171,15 @@ def _write_cache(folder: Path, trades: pd.DataFrame, meta: dict[str, Any]) -> No
 
 
 def strategy_trades(config_path: str | Path, strategy: str, timerange: str | None = None,
-                    pairs: list[str] | None = None, use_cache: bool = True, min_startup: int = 0) -> TradeRun:
+                    pairs: list[str] | None = None, use_cache: bool = True, min_startup: int = 0,
+                    engineer=None) -> TradeRun:
     """Run (or reuse) the label backtest of ``strategy``; see the module docstring.
 
     ``min_startup``: candles of warm-up the gate's features need. The backtest warms up at
     least that long, as the gated strategy does (MLGate raises its startup_candle_count), so
     indicators with a long memory (EMA, RSI) give the same signals in both.
+    ``engineer`` (a FeatureEngineer with ``include_columns``): keep those columns of the
+    strategy's own indicators, per pair, for the features.
     """
     from freqtrade.data.converter import trim_dataframes
     from freqtrade.data.history import get_timerange
@@ -184,7 +192,7 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     try:
         backtesting = Backtesting(config)
     except Exception as err:  # noqa: BLE001 - freqtrade's own errors name the problem
-        raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {err}") from err
+        raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {_first_line(err)}") from err
     strat = backtesting.strategylist[0]
     cls = ungated_class(type(strat))
     startup = max(int(strat.startup_candle_count), int(min_startup))
@@ -201,16 +209,20 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     data, bt_range = backtesting.load_bt_data()
     candles = {pair: frame.copy() for pair, frame in data.items()}
     cached = _read_cache(folder) if use_cache else None
+    wanted = engineer is not None and bool(engineer.settings.include_columns)
     if cached is not None:
         trades, meta = cached
+        indicators = _user_indicators(strat, data, engineer) if wanted else {}
         logger.info("Label backtest of %s: using the cache %s (%d trades); it is keyed by the strategy files, "
                     "the config, the data and the timerange.", cls.__name__, folder, len(trades))
         return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
-                        int(meta["unresolved"]), True, key, meta.get("info", {}))
+                        int(meta["unresolved"]), True, key, meta.get("info", {}), indicators)
 
     logger.info("Label backtest of %s over %d pairs (every signal becomes a trade) ...", cls.__name__, len(whitelist))
     backtesting._set_strategy(strat)
     processed = strat.advise_all_indicators(data)
+    # Before the backtest: it empties `processed` as it goes.
+    indicators = {pair: _chosen(frame, engineer) for pair, frame in processed.items()} if wanted else {}
     trimmed = trim_dataframes(processed, bt_range, backtesting.required_startup)
     if not trimmed:
         raise StrategyError(f"No candles left for {strategy} after its {backtesting.required_startup} startup "
@@ -219,7 +231,7 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     try:
         results = backtesting.backtest(processed=processed, start_date=start, end_date=end)["results"]
     except Exception as err:  # noqa: BLE001 - a strategy's own bug, or freqtrade refusing the data
-        raise StrategyError(f"freqtrade's backtest of {strategy} failed: {type(err).__name__}: {err}") from err
+        raise StrategyError(f"freqtrade's backtest of {strategy} failed: {type(err).__name__}: {_first_line(err)}") from err
     if results.empty:
         results = pd.DataFrame(columns=TRADE_COLUMNS)
     results = results.assign(is_short=results.get("is_short", False))
@@ -236,7 +248,16 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     logger.info("Label backtest of %s: %d closed trades (%d left open at the end, not used)%s.", cls.__name__,
                 len(trades), int(left_open.sum()), f"; cached in {folder}" if key else "")
     return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
-                    int(left_open.sum()), False, key or "", info)
+                    int(left_open.sum()), False, key or "", info, indicators)
+
+
+def _chosen(frame: pd.DataFrame, engineer) -> pd.DataFrame:
+    return frame[["date", *engineer.user_columns(frame)]].copy()
+
+
+def _user_indicators(strat, data: dict[str, pd.DataFrame], engineer) -> dict[str, pd.DataFrame]:
+    """The include_columns of the strategy's own indicators (a cache hit has no backtest run)."""
+    return {pair: _chosen(frame, engineer) for pair, frame in strat.advise_all_indicators(data).items()}
 
 
 def strategy_name(config_path: str | Path, strategy: str) -> str:
@@ -248,5 +269,5 @@ def strategy_name(config_path: str | Path, strategy: str) -> str:
     try:
         loaded = StrategyResolver.load_strategy(config)
     except Exception as err:  # noqa: BLE001 - freqtrade's own errors name the problem
-        raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {err}") from err
+        raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {_first_line(err)}") from err
     return ungated_class(type(loaded)).__name__

@@ -87,8 +87,9 @@ def load_dataset(cfg: MLConfig, req: TrainRequest) -> Dataset:
     if req.strategy:
         from ml.trade_labels import strategy_trades
 
+        engineer = FeatureEngineer(cfg.features, req.timeframe)
         run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None,
-                              min_startup=FeatureEngineer(cfg.features, req.timeframe).startup_candles)
+                              min_startup=engineer.startup_candles, engineer=engineer)
         return build_trade_dataset(cfg, run)
     return build_dataset(cfg, req.datadir, req.pairs, req.timeframe, req.timerange, cfg.training.signal,
                          req.data_format)

@@ -25,14 +25,11 @@ pytestmark = pytest.mark.slow
 SAMPLE = Path(freqtrade.__file__).parent / "templates" / "sample_strategy.py"
 PAIRS = ["ETH/BTC", "LTC/BTC", "XMR/BTC", "DASH/BTC", "ETC/BTC", "ZEC/BTC"]
 TRAIN_RANGE, LATER = "20240105-20240815", "20240816-"  # 80,000 5m candles end 2024-10-04
-GATED_FILE = "from ml.gate import MLGate\nfrom sample_strategy import SampleStrategy\n\n\n" \
-             "class SampleStrategyML(MLGate, SampleStrategy):\n    pass\n"
 
 
 def sample_project(root: Path, market: str = "null", hour_drift: float = 0.2, candles: int = 80_000) -> Path:
     (root / "strategies").mkdir(parents=True)
     shutil.copy(SAMPLE, root / "strategies" / "sample_strategy.py")  # unmodified
-    (root / "strategies" / "SampleStrategyML.py").write_text(GATED_FILE)
     exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS}
     # ev_margin 0.004: SampleStrategy wins ~90% of its trades by +1% and loses the rest by
     # -10% (its stoploss); a margin keeps the gate to trades whose EV clearly covers that.
@@ -43,6 +40,10 @@ def sample_project(root: Path, market: str = "null", hour_drift: float = 0.2, ca
                  ml=ml, max_open_trades=5)
     write_market(root / "user_data" / "data" / "binance", PAIRS, "5m", candles, market, seed=5,
                  hour_drift=hour_drift)
+    ftml_ok(root, "new-strategy", "-c", "config.json", "--from", "SampleStrategy")  # the one line, written
+    gated = (root / "strategies" / "SampleStrategyML.py").read_text()
+    assert "from sample_strategy import SampleStrategy" in gated
+    assert "class SampleStrategyML(MLGate, SampleStrategy):\n    pass" in gated
     return root
 
 
@@ -138,16 +139,44 @@ class LabelProbe(IStrategy):
 '''
 
 
-def test_training_rows_are_exactly_the_strategys_trades(tmp_path):
+NO_ENTRIES = LABEL_PROBE.replace("class LabelProbe", "class NoEntries").replace(
+    'df.loc[(df["rsi"] < 35) & (df["volume"] > 0), "enter_long"] = 1', 'df["enter_long"] = 0')
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    """Six pairs of 1h candles with a planted intraday drift, and two small strategies: LabelProbe and NoEntries."""
+    root = tmp_path_factory.mktemp("probe")
+    pairs = PAIRS
+    (root / "strategies").mkdir()
+    (root / "strategies" / "LabelProbe.py").write_text(LABEL_PROBE)
+    (root / "strategies" / "NoEntries.py").write_text(NO_ENTRIES)
+    exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": pairs}
+    write_config(root / "config.json", exchange=exchange, strategy_path=str(root / "strategies"),
+                 ml={"tracking": {"mode": "disabled"}, "registry": {"path": str(root / "registry")},
+                     "training": {"min_samples": 100, "trials": 2, "families": ["logistic"]}})
+    write_market(root / "user_data" / "data" / "binance", pairs, "1h", 6000, "null", seed=2, hour_drift=0.5)
+    return root
+
+
+@pytest.mark.parametrize(("strategy", "args", "expected"), [
+    ("Nope", (), "freqtrade cannot load strategy 'Nope'"),
+    ("NoEntries", (), "NoEntries made 0 closed trades"),
+    ("LabelProbe", ("--timerange", "20240201-20240204"), "need training.min_samples=100"),
+])
+def test_bad_strategies_are_one_line_exit_2_and_register_nothing(probe, strategy, args, expected):
+    done = run_ftml("train", "-c", "config.json", "--strategy", strategy, *args, cwd=probe)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ftml: error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert "Traceback" not in done.stderr
+    assert not (probe / "registry" / "registry.json").exists()
+
+
+def test_training_rows_are_exactly_the_strategys_trades(probe):
     """Every row's realised return is the profit_ratio of the trade freqtrade's own CLI
     makes from that signal candle (stacked backtest), for every row."""
-    pairs = PAIRS[:3]
-    (tmp_path / "strategies").mkdir()
-    (tmp_path / "strategies" / "LabelProbe.py").write_text(LABEL_PROBE)
-    exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": pairs}
-    write_config(tmp_path / "config.json", exchange=exchange, strategy_path=str(tmp_path / "strategies"),
-                 ml={"tracking": {"mode": "disabled"}, "training": {"min_samples": 100}})
-    write_market(tmp_path / "user_data" / "data" / "binance", pairs, "1h", 6000, "planted", seed=2)
+    tmp_path = probe
     (tmp_path / "bt").mkdir()
     ftml_ok(tmp_path, "freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy", "LabelProbe",
             "--enable-position-stacking", "--max-open-trades", "-1", "--dry-run-wallet", "1000000000000",
@@ -171,3 +200,109 @@ def test_training_rows_are_exactly_the_strategys_trades(tmp_path):
         opened = pd.Timestamp(signal, tz="UTC") + pd.Timedelta("1h")  # filled at the next candle's open
         assert realised == pytest.approx(freqtrade_profit[(pair, opened)], abs=1e-12)
         assert label == int(realised > 0)
+
+
+def test_the_strategys_own_indicators_as_features_pass_freqtrades_bias_checks(probe, tmp_path):
+    """ml.features.include_columns adds LabelProbe's own `rsi` to the features: it is in the
+    model's inputs and feature set, and lookahead- and recursive-analysis of the gated
+    strategy find no bias."""
+    root = tmp_path
+    shutil.copytree(probe / "strategies", root / "strategies")
+    (root / "strategies" / "LabelProbeML.py").write_text(
+        "from LabelProbe import LabelProbe\n\nfrom ml.gate import MLGate\n\n\n"
+        "class LabelProbeML(MLGate, LabelProbe):\n    pass\n")
+    (root / "user_data").symlink_to(probe / "user_data", target_is_directory=True)
+    cfg = json.loads((probe / "config.json").read_text())
+    cfg["strategy_path"] = str(root / "strategies")
+    # ev_margin at its floor: the gate lets (nearly) every entry through, so the checks have trades.
+    cfg["ml"] = {**cfg["ml"], "registry": {"path": str(root / "registry")}, "gate": {"ev_margin": -0.05},
+                 "features": {"include_columns": ["rsi"]}}
+    (root / "config.json").write_text(json.dumps(cfg))
+    trained = json.loads(ftml_ok(root, "train", "-c", "config.json", "--strategy", "LabelProbe", "--timerange",
+                                 "-20240601").stdout.splitlines()[-1])
+    bundle = json.loads((Path(trained["bundle"]) / "bundle.json").read_text())
+    assert "rsi" in bundle["feature_names"] and bundle["features"]["include_columns"] == ["rsi"]
+    ftml_ok(root, "registry", "promote", "LabelProbe", "1", "-c", "config.json", "--force", "--reason", "bias test")
+    done = ftml_ok(root, "freqtrade", "--offline", "lookahead-analysis", "-c", "config.json", "--strategy",
+                   "LabelProbeML", "--timerange", "20240615-20240901", "--minimum-trade-amount", "10",
+                   "--targeted-trade-amount", "20")
+    row = next(ln for ln in done.stdout.splitlines() if "LabelProbeML.py │" in ln)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[2] == "No" and cells[4] == "0" and cells[5] == "0" and cells[6] == "", cells
+    done = ftml_ok(root, "freqtrade", "--offline", "recursive-analysis", "-c", "config.json", "--strategy",
+                   "LabelProbeML", "--timerange", "20240615-20240801", "--pairs", PAIRS[0])
+    assert "No lookahead bias on indicators found" in done.stdout + done.stderr
+
+
+TWO_SIDED = '''
+import talib.abstract as ta
+from freqtrade.strategy import IStrategy
+
+
+class TwoSided(IStrategy):
+    """Long after an RSI dip, short after an RSI spike (futures, isolated margin)."""
+    INTERFACE_VERSION = 3
+    timeframe = "1h"
+    can_short = True
+    minimal_roi = {"0": 0.03}
+    stoploss = -0.03
+    startup_candle_count = 50
+
+    def populate_indicators(self, df, metadata):
+        df["rsi"] = ta.RSI(df, timeperiod=14)
+        return df
+
+    def populate_entry_trend(self, df, metadata):
+        df.loc[(df["rsi"] < 40) & (df["volume"] > 0), "enter_long"] = 1
+        df.loc[(df["rsi"] > 60) & (df["volume"] > 0), "enter_short"] = 1
+        return df
+
+    def populate_exit_trend(self, df, metadata):
+        return df
+'''
+FUTURES_PAIRS = ["ETH/USDT:USDT", "LTC/USDT:USDT", "XRP/USDT:USDT", "ADA/USDT:USDT"]
+
+
+def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
+    """Futures, isolated margin, long and short. The planted intraday drift pushes prices up
+    in the early UTC hours and down in the late ones, so a short opened before the late
+    hours wins more often: its labels must say so, and the gate must filter both sides."""
+    root = tmp_path
+    (root / "strategies").mkdir()
+    (root / "strategies" / "TwoSided.py").write_text(TWO_SIDED)
+    exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": FUTURES_PAIRS}
+    # Binance futures tickers carry no price: freqtrade requires order-book pricing there.
+    pricing = {"price_side": "same", "use_order_book": True, "order_book_top": 1}
+    write_config(root / "config.json", exchange=exchange, strategy_path=str(root / "strategies"),
+                 trading_mode="futures", margin_mode="isolated", stake_currency="USDT", stake_amount=10,
+                 dry_run_wallet=1000, entry_pricing=pricing, exit_pricing=pricing,
+                 ml={"tracking": {"mode": "disabled"}, "registry": {"path": str(root / "registry")},
+                     "training": {"trials": 4, "families": ["lightgbm"]}})
+    write_market(root / "user_data" / "data" / "binance", FUTURES_PAIRS, "1h", 8000, "null", seed=7, hour_drift=0.5,
+                 trading_mode="futures", start_price=1.0)
+    trained = json.loads(ftml_ok(root, "train", "-c", "config.json", "--strategy", "TwoSided", "--timerange",
+                                 "-20241001").stdout.splitlines()[-1])
+    bundle = json.loads((Path(trained["bundle"]) / "bundle.json").read_text())
+    assert bundle["sides"] == ["long", "short"] and "side_short" in bundle["feature_names"]
+    assert set(bundle["outcome_returns"]) == {"long", "short"}
+    # Short labels: a short opened at 12-18 UTC (falling hours ahead) wins more often than
+    # one opened at 00-06 (rising hours ahead); longs the other way round.
+    trades = pd.concat(pd.read_feather(f) for f in (root / "user_data" / "ftml-cache" / "trades").glob("*/trades.feather"))
+    hour = pd.to_datetime(trades["open_date"], utc=True).dt.hour
+    won = trades["profit_ratio"] > 0
+    shorts, longs = trades["is_short"], ~trades["is_short"]
+    assert won[shorts & hour.between(12, 17)].mean() > won[shorts & hour.between(0, 5)].mean() + 0.1
+    assert won[longs & hour.between(0, 5)].mean() > won[longs & hour.between(12, 17)].mean() + 0.1
+
+    ftml_ok(root, "new-strategy", "-c", "config.json", "--from", "TwoSided")
+    ftml_ok(root, "registry", "validate", "TwoSided", "1", "-c", "config.json")
+    ftml_ok(root, "registry", "promote", "TwoSided", "1", "-c", "config.json")
+    (root / "bt").mkdir()
+    ftml_ok(root, "freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy-list", "TwoSidedML",
+            "TwoSided", "--timerange", "20241005-", "--export", "trades", "--backtest-directory", "bt")
+    stats = load_backtest_stats(root / "bt")["strategy"]
+    for side in (False, True):
+        gated = [t["profit_ratio"] for t in stats["TwoSidedML"]["trades"] if t["is_short"] == side]
+        plain = [t["profit_ratio"] for t in stats["TwoSided"]["trades"] if t["is_short"] == side]
+        assert 0 < len(gated) < len(plain), (side, len(gated), len(plain))
+        assert np.mean(gated) > np.mean(plain), (side, np.mean(gated), np.mean(plain))
