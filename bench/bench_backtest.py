@@ -3,7 +3,7 @@
 Two data sets: 20 synthetic pairs x 50,000 1h candles, and the ten real 5m Binance pairs
 in ../shared (when present). The gated strategy computes ~84 features and a model
 probability per candle; the ratio says what that costs in a real freqtrade backtest.
-Goal: ratio <= 1.5. Also reports the peak RSS of the 20-pair gated backtest.
+Goal: ratio <= 1.2 (issue "Gate any Freqtrade strategy"). Also reports the peak RSS of the 20-pair gated backtest.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "freqtrade-te
 def synthetic(root: Path) -> dict:
     pairs = [f"S{i:02d}/BTC" for i in range(20)]
     folder = make_project(root / "synthetic", pairs, "1h")
-    write_market(folder / "user_data" / "data" / "binance", pairs, "1h", 50_000, "planted", seed=21)
+    # An intraday drift TrendPullback's own trades show, so the model ranks and the gate runs
+    # its full path (a refused model would skip the features and flatter the ratio).
+    write_market(folder / "user_data" / "data" / "binance", pairs, "1h", 50_000, "null", seed=21, hour_drift=0.5)
     train_and_promote(folder, pairs[:2], "20240101-20260101")
     timerange = "20260201-"
     gated, gated_rss = timed_backtest(folder, "TrendPullbackML", timerange)
     twin, _ = timed_backtest(folder, "TrendPullback", timerange)
     return {"figure": "backtest 20 pairs x 50,000 1h candles, gated / un-gated",
             "value": f"{gated:.1f} s gated", "reference": f"{twin:.1f} s un-gated", "ratio": round(gated / twin, 2),
-            "goal": "<= 1.5", "met": gated / twin <= 1.5, "rss": gated_rss}
+            "goal": "<= 1.2", "met": gated / twin <= 1.2, "rss": gated_rss}
 
 
 def real(root: Path) -> dict | None:
@@ -49,7 +51,7 @@ def real(root: Path) -> dict | None:
     twin, _ = timed_backtest(folder, "TrendPullback", timerange)
     return {"figure": f"backtest {len(pairs)} real Binance 5m pairs, gated / un-gated",
             "value": f"{gated:.1f} s gated", "reference": f"{twin:.1f} s un-gated", "ratio": round(gated / twin, 2),
-            "goal": "<= 1.5", "met": gated / twin <= 1.5}
+            "goal": "<= 1.2", "met": gated / twin <= 1.2}
 
 
 def main() -> None:

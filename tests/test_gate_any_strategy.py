@@ -234,32 +234,7 @@ def test_the_strategys_own_indicators_as_features_pass_freqtrades_bias_checks(pr
     assert "No lookahead bias on indicators found" in done.stdout + done.stderr
 
 
-TWO_SIDED = '''
-import talib.abstract as ta
-from freqtrade.strategy import IStrategy
-
-
-class TwoSided(IStrategy):
-    """Long after an RSI dip, short after an RSI spike (futures, isolated margin)."""
-    INTERFACE_VERSION = 3
-    timeframe = "1h"
-    can_short = True
-    minimal_roi = {"0": 0.03}
-    stoploss = -0.03
-    startup_candle_count = 50
-
-    def populate_indicators(self, df, metadata):
-        df["rsi"] = ta.RSI(df, timeperiod=14)
-        return df
-
-    def populate_entry_trend(self, df, metadata):
-        df.loc[(df["rsi"] < 40) & (df["volume"] > 0), "enter_long"] = 1
-        df.loc[(df["rsi"] > 60) & (df["volume"] > 0), "enter_short"] = 1
-        return df
-
-    def populate_exit_trend(self, df, metadata):
-        return df
-'''
+TWO_SIDED = REPO / "tests" / "strategies" / "TwoSided.py"  # long and short; bench/bench_sides.py uses it too
 FUTURES_PAIRS = ["ETH/USDT:USDT", "LTC/USDT:USDT", "XRP/USDT:USDT", "ADA/USDT:USDT"]
 
 
@@ -269,7 +244,7 @@ def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
     hours wins more often: its labels must say so, and the gate must filter both sides."""
     root = tmp_path
     (root / "strategies").mkdir()
-    (root / "strategies" / "TwoSided.py").write_text(TWO_SIDED)
+    shutil.copy(TWO_SIDED, root / "strategies" / "TwoSided.py")
     exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": FUTURES_PAIRS}
     # Binance futures tickers carry no price: freqtrade requires order-book pricing there.
     pricing = {"price_side": "same", "use_order_book": True, "order_book_top": 1}
