@@ -16,9 +16,11 @@ $(BIN)/ftml: pyproject.toml constraints.txt
 
 setup: $(BIN)/ftml
 
+# Two pytest workers, each test file on one worker (module fixtures are built once): the
+# tests are mostly single-threaded subprocesses, so two cores roughly halve the wall time.
 test: setup
 	$(BIN)/ruff check ml strategies tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: setup
 	$(BIN)/ftml demo --config config.json

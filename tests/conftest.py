@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# pytest-xdist workers export COLUMNS=80, and rich (freqtrade's tables) then cuts the
+# columns that tests read; without it the child processes print as under plain pytest.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 SHARED_DATA = REPO.parent / "shared" / "data" / "freqtrade-testdata"
 
 
