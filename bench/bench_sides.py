@@ -58,8 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = project(Path(tmp))
         cfg = from_dict({"tracking": {"mode": "disabled"}})
-        run = strategy_trades(root / "config.json", "TwoSided",
-                              min_startup=FeatureEngineer(cfg.features, "1h").startup_candles)
+        run = strategy_trades(root / "config.json", "TwoSided", engineer=FeatureEngineer(cfg.features, "1h"))
         data = build_trade_dataset(cfg, run)
     n = len(data)
     train, test = np.arange(int(0.6 * n)), np.arange(int(0.8 * n), n)

@@ -20,8 +20,9 @@ from bench.project import make_project, timed_backtest
 from ml.synth import write_market
 
 PAIRS, CANDLES = 20, 50_000
-LABELS = ("import sys; from ml.trade_labels import strategy_trades; "
-          "run = strategy_trades('config.json', 'TrendPullback', min_startup=480); "
+LABELS = ("import sys; from ml.config import load; from ml.features import FeatureEngineer; "
+          "from ml.trade_labels import strategy_trades; "
+          "run = strategy_trades('config.json', 'TrendPullback', engineer=FeatureEngineer(load('config.json').features, '1h')); "
           "print(len(run.trades), run.cache_hit)")
 
 

@@ -1,7 +1,8 @@
 """A self-describing model bundle: one folder, no executable formats.
 
-    bundle.json      what the model is: family, params, features, feature_set_id, label
-                     barriers, signal, pairs, time ranges, train_end, metrics summary
+    bundle.json      what the model is: family, params, features, feature_set_id, the
+                     strategy and sides whose trades it learnt, their outcome returns,
+                     pairs, time ranges, train_end, metrics summary
     model.*          the model in its library's native format (see ml.models)
     calibrator.json  the calibration map
     metrics.json     the full evaluation report
@@ -23,7 +24,6 @@ import pandas as pd
 
 from ml import calibration, jsonsafe
 from ml.errors import FtmlError
-from ml.metrics import barrier_outcome_returns
 from ml.models import FAMILIES, FittedModel, load_model
 
 BUNDLE_FORMAT = 1
@@ -68,10 +68,12 @@ class Bundle:
 def outcome_returns_of(manifest: dict[str, Any], side: str = "long") -> dict[str, float]:
     """``outcome_returns`` of a bundle manifest or registry entry (see Bundle.outcome_returns)."""
     measured = (manifest.get("outcome_returns") or {}).get(side)
-    if measured:
-        return {"win": float(measured["win"]), "loss": float(measured["loss"])}
-    label = manifest["label"]
-    return barrier_outcome_returns(label["take_profit"], label["stop_loss"], label["fee"])
+    if not measured:
+        # Models of earlier versions learnt fixed-barrier labels and carry no measured returns.
+        raise BundleError(f"model {manifest.get('model_name') or manifest.get('name')} has no measured {side} "
+                          "outcome returns (trained on fixed-barrier labels by an earlier version): retrain it on "
+                          "the strategy's own trades (ftml train --strategy ...).")
+    return {"win": float(measured["win"]), "loss": float(measured["loss"])}
 
 
 def save_bundle(folder: Path, model: FittedModel, calibrator: calibration.Calibrator,

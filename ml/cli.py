@@ -116,43 +116,18 @@ def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlco
             training[key] = getattr(args, key)
     if args.families:
         training["families"] = args.families
-    if args.signal is not None and getattr(args, "strategy", None):
-        raise UserError("--signal and --strategy exclude each other: a model learns from a strategy's own trades "
-                        "(--strategy) or, for research, from a signal's fixed-barrier labels (--signal).")
-    if args.signal is not None:
-        training["signal"] = None if args.signal.lower() in ("none", "null", "all") else args.signal
-        training["strategy"] = None  # research mode: fixed-barrier labels, which no MLGate accepts
     if getattr(args, "strategy", None):
         training["strategy"] = args.strategy
     if args.tracking:
         data["tracking"]["mode"] = args.tracking
-    if training.get("strategy"):
-        from ml.trade_labels import strategy_name
+    if not training.get("strategy"):
+        raise UserError("Which strategy's trades should the model learn from? Pass --strategy MyStrategy (its class "
+                        "name, as for freqtrade) or set ml.training.strategy in the config.")
+    from ml.trade_labels import strategy_name
 
-        # A model of a strategy's trades is named after the user's strategy class, the name
-        # its gated twin (MLGate) looks up.
-        data["model"]["name"] = getattr(args, "model", None) or strategy_name(args.config, training["strategy"])
-    else:
-        data["model"]["name"] = model_name_for(data["model"]["name"], training["signal"], args)
+    # Named after the user's strategy class: the name its gated twin (MLGate) looks up.
+    data["model"]["name"] = getattr(args, "model", None) or strategy_name(args.config, training["strategy"])
     return mlconfig.from_dict(data, source="command line")
-
-
-def model_name_for(configured: str, signal: str | None, args: argparse.Namespace) -> str:
-    """The registry name a training registers under.
-
-    ``--model`` wins. Otherwise a model trained on one signal's trades is named after that
-    signal when the configured name is another signal's (``--signal mean_reversion`` used to
-    register under ``trend_pullback``, and TrendPullbackML then loaded it). A model of all
-    candles (signal none) keeps the configured name.
-    """
-    from ml.signals import SIGNALS
-
-    if getattr(args, "model", None):
-        return args.model
-    if signal and signal != configured and configured in SIGNALS:
-        logging.getLogger(__name__).info("Model name follows the signal: %s (config says %s).", signal, configured)
-        return signal
-    return configured
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -161,24 +136,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ml.signals import SIGNALS
     from ml.train import TrainRequest, train
 
     cfg = training_overrides(mlconfig.load(args.config), args)
-    if cfg.training.signal and not cfg.training.strategy and cfg.training.signal not in SIGNALS:
-        raise UserError(f"Unknown signal '{cfg.training.signal}'. Choose one of: {', '.join(SIGNALS)}, or none.")
     ft = freqtrade_settings(args.config)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     user_data = Path(ft["user_data_dir"]).resolve()
     storage = cfg.training.storage or f"sqlite:///{user_data / 'optuna.sqlite3'}"
     user_data.mkdir(parents=True, exist_ok=True)
     request = TrainRequest(
-        datadir=Path(ft["datadir"]), pairs=args.pairs or ft["pairs"], timeframe=ft["timeframe"],
-        timerange=args.timerange, data_format=ft["data_format"],
+        config_path=Path(args.config), strategy=cfg.training.strategy, pairs=args.pairs or ft["pairs"],
+        timeframe=ft["timeframe"], timerange=args.timerange,
         output=Path(args.output) if args.output else user_data / "models" / cfg.model.name / stamp,
         storage=storage, study=cfg.training.study or f"{cfg.model.name}-{stamp}",
-        tracking_mode=None, worker_only=args.worker_only, strategy=cfg.training.strategy,
-        config_path=Path(args.config),
+        tracking_mode=None, worker_only=args.worker_only,
     )
     if args.worker_only and not cfg.training.study:
         raise UserError("--worker-only adds trials to a shared study: name it with --study (and --storage).")
@@ -344,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser(
         "train",
         help="tune, fit, calibrate and evaluate a model on the config's pairs",
-        description="Build the pooled dataset (with --strategy: every trade the strategy makes in freqtrade's "
-        "backtesting engine, one row each; otherwise rows where a base signal fired, or all candles), "
+        description="Run the strategy's label backtest (every entry signal becomes a trade in freqtrade's own "
+        "backtesting engine; cached), one row per closed trade, label = its net profit > ml.label.min_profit; "
         "tune with Optuna on purged walk-forward folds of the training block, refit the best trial, "
         "calibrate on the calibration block, evaluate once on the test block, and save a bundle "
         "(model, calibrator, metrics.json, plots) plus a W&B run. Prints one JSON summary line.",
@@ -360,11 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--study", help="study name; an existing study resumes (default: new, timestamped)")
     tr.add_argument("--workers", type=int, help="worker processes on the study, each on its own cores")
     tr.add_argument("--strategy", help="learn from this freqtrade strategy's own trades (its class name, as for "
-                                       "freqtrade; a gated MyStrategyML means MyStrategy). The model is named after "
-                                       "the strategy, which MyStrategyML(MLGate, MyStrategy) loads")
-    tr.add_argument("--signal", help="base signal whose candles are the rows, or 'none' for all candles")
-    tr.add_argument("--model", help="registry model name (default: ml.model.name, or the signal's name when "
-                                    "--signal names another signal)")
+                                       "freqtrade; a gated MyStrategyML means MyStrategy; default: "
+                                       "ml.training.strategy). The model is named after the strategy, which "
+                                       "MyStrategyML(MLGate, MyStrategy) loads")
+    tr.add_argument("--model", help="registry model name (default: the strategy's class name)")
     tr.add_argument("--tracking", choices=["auto", "online", "offline", "disabled"], help="W&B mode")
     tr.add_argument("--seed", type=int, help="random seed (default: training.seed)")
     tr.add_argument("--output", help="bundle folder (default: user_data/models/<name>/<timestamp>)")

@@ -78,7 +78,7 @@ def cmd_show(args) -> int:
         console.print(f"[bold]{e['name']} v{e['id']}[/] ({e['status']}), {e.get('family')}, created {e['created']}")
         console.print(f"  folder: {reg.root / e['path']}")
         console.print(f"  feature_set_id {e.get('feature_set_id')}, {len(e.get('feature_names', []))} features, "
-                      f"timeframe {e.get('timeframe')}, signal {e.get('signal')}")
+                      f"timeframe {e.get('timeframe')}, strategy {e.get('strategy')}")
         console.print(f"  label: {e.get('label')}")
         for block, span in (e.get("ranges") or {}).items():
             console.print(f"  {block}: {span[0]} -> {span[1]}")
@@ -206,7 +206,7 @@ def cmd_verify(args) -> int:
 def cmd_diff(args) -> int:
     reg, _ = _registry(args)
     a, b = reg.version(args.name, args.a), reg.version(args.name, args.b)
-    keys = ("family", "feature_set_id", "timeframe", "signal", "train_end", "status")
+    keys = ("family", "feature_set_id", "timeframe", "strategy", "train_end", "status")
     diff = {
         "fields": {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)},
         "label": {k: [a["label"].get(k), b["label"].get(k)] for k in set(a.get("label") or {}) | set(b.get("label") or {})

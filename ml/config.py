@@ -58,29 +58,13 @@ class FeatureSettings(_Section):
 
 
 class LabelSettings(_Section):
-    barrier: Literal["fixed", "atr"] = "fixed"
-    take_profit: float = Field(0.03, gt=0.0, le=20.0, description="Fraction, or ATR multiple.")
-    stop_loss: float = Field(0.03, gt=0.0, le=20.0, description="Fraction, or ATR multiple.")
-    atr_period: int = Field(14, ge=2)
-    horizon: int = Field(24, ge=1, le=5000, description="Candles until the time exit.")
-    fee: float = Field(0.002, ge=0.0, lt=0.1, description="Round-trip fee fraction.")
-    min_profit: float = Field(0.0, ge=-0.5, le=0.5, description="Strategy trades: label 1 when the trade's net "
-                              "profit ratio after fees is above this.")
-
-    @model_validator(mode="after")
-    def _fixed_barriers_are_fractions(self) -> LabelSettings:
-        if self.barrier == "fixed" and max(self.take_profit, self.stop_loss) >= 0.5:
-            raise ValueError(
-                "with barrier 'fixed', take_profit and stop_loss are fractions below 0.5 "
-                f"(0.02 = 2%), got {self.take_profit} and {self.stop_loss}"
-            )
-        return self
+    min_profit: float = Field(0.0, ge=-0.5, le=0.5, description="Label 1 when the strategy's trade earns a net "
+                              "profit ratio after fees above this.")
 
 
 class TrainingSettings(_Section):
-    signal: str | None = Field("trend_pullback", description="Base signal, or null for all candles.")
     strategy: str | None = Field(None, description="Learn from this freqtrade strategy's own trades "
-                                 "(its class name); overrides signal.")
+                                 "(its class name, as for freqtrade's --strategy).")
     families: list[ModelFamily] = Field(default_factory=lambda: list(ALL_FAMILIES), min_length=1)
     trials: int = Field(30, ge=1)
     timeout: float | None = Field(None, gt=0)
@@ -150,10 +134,23 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+# Keys of earlier versions, with what replaced them: a config written for those versions
+# gets a line that says what to do, not just "unknown key".
+REMOVED_KEYS = {
+    "ml.training.signal": "models learn from a strategy's own trades: set ml.training.strategy (or ftml train "
+                          "--strategy) to your strategy's class name",
+    **{f"ml.label.{key}": "labels are the strategy's own trades, which exit by its own rules (ROI, stoploss, "
+                          "custom_exit, ...): set them in the strategy; ml.label keeps only min_profit"
+       for key in ("barrier", "take_profit", "stop_loss", "atr_period", "horizon", "fee")},
+}
+
+
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
     key = "ml." + ".".join(str(p) for p in loc) if loc else "ml"
+    if first["type"] == "extra_forbidden" and key in REMOVED_KEYS:
+        return f"{source}: '{key}' was removed: {REMOVED_KEYS[key]}."
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc)
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

@@ -10,38 +10,37 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ml.config import MLConfig, from_dict
-from ml.dataset import build_dataset, build_trade_dataset
+from ml.config import MLConfig
+from ml.dataset import build_trade_dataset
 from ml.drift import MAJOR, MODERATE, drift_report
+from ml.errors import FtmlError
 from ml.features import FeatureEngineer
 from ml.predictor import ProductionModel
+
+
+class DriftError(FtmlError, ValueError):
+    """The production model cannot be compared with recent data; the message says why."""
 
 
 def _naive(ts: str) -> np.datetime64:
     return pd.Timestamp(ts).tz_convert("UTC").tz_localize(None).to_datetime64()
 
 
-def model_rows(cfg: MLConfig, ft: dict[str, Any], entry: dict[str, Any], config_path: str | Path | None):
+def model_rows(cfg: MLConfig, ft: dict[str, Any], entry: dict[str, Any], config_path: str | Path):
     """Every row of the kind the model was trained on, over all stored candles: its
-    strategy's own trades (label backtest, cached), or in research mode its signal's rows."""
-    if entry.get("label_source") == "trades":
-        from ml.trade_labels import strategy_trades
+    strategy's own trades (label backtest, cached)."""
+    from ml.trade_labels import strategy_trades
 
-        if config_path is None:
-            raise ValueError("a model of a strategy's trades needs the config file to run its label backtest")
-        engineer = FeatureEngineer(cfg.features, ft["timeframe"])
-        run = strategy_trades(config_path, entry["strategy"], None, entry.get("pairs") or ft["pairs"],
-                              min_startup=engineer.startup_candles, engineer=engineer)
-        return build_trade_dataset(cfg, run, min_rows=0)
-    # Rows as the champion saw them: its own label barriers and signal.
-    champion_cfg = from_dict({**cfg.model_dump(), "label": entry["label"],
-                              "training": {**cfg.training.model_dump(), "signal": entry.get("signal")}})
-    return build_dataset(champion_cfg, Path(ft["datadir"]), entry.get("pairs") or ft["pairs"], ft["timeframe"],
-                         None, entry.get("signal"), ft["data_format"])
+    if entry.get("label_source") != "trades" or not entry.get("strategy"):
+        raise DriftError(f"{entry.get('name')} v{entry.get('id')} was trained on fixed-barrier labels by an earlier "
+                         "version; retrain it on the strategy's own trades (ftml train --strategy ...) to check drift.")
+    engineer = FeatureEngineer(cfg.features, ft["timeframe"])
+    run = strategy_trades(config_path, entry["strategy"], None, entry.get("pairs") or ft["pairs"], engineer=engineer)
+    return build_trade_dataset(cfg, run, min_rows=0)
 
 
 def run_drift(cfg: MLConfig, ft: dict[str, Any], name: str, window_days: int,
-              config_path: str | Path | None = None) -> dict[str, Any]:
+              config_path: str | Path) -> dict[str, Any]:
     engineer = FeatureEngineer(cfg.features, ft["timeframe"])
     model = ProductionModel.load(cfg.registry.path, name, engineer)
     entry = model.entry

@@ -120,8 +120,8 @@ class MLGate:
             return ("has a constant calibrator (its scores carried no information on the calibration block), so "
                     "there is nothing to select on. Retrain, or roll back to a model with a ranking")
         if entry.get("label_source") != "trades":
-            return (f"was trained on fixed-barrier labels of signal {entry.get('signal')!r}, not on this strategy's "
-                    f"trades. Run `ftml train --strategy {self.ml_strategy}`")
+            return (f"was trained on fixed-barrier labels by an earlier version, not on this strategy's trades. "
+                    f"Run `ftml train --strategy {self.ml_strategy}`")
         if entry.get("strategy") != self.ml_strategy:
             return (f"was trained on the trades of {entry.get('strategy')!r}, this is {self.ml_strategy!r}: its "
                     f"probabilities do not describe these entries. Run `ftml train --strategy {self.ml_strategy}`")

@@ -52,12 +52,6 @@ def side_outcome_returns(y: np.ndarray, realised: np.ndarray, sides: np.ndarray)
     return out
 
 
-def barrier_outcome_returns(take_profit: float, stop_loss: float, fee: float) -> dict[str, float]:
-    """Outcome returns implied by fixed barriers alone (for models that predate measured ones):
-    a win earns the take-profit net of fees (freqtrade's ROI is net), a loss the stop plus fees."""
-    return {"win": float(take_profit), "loss": -float(stop_loss) - float(fee)}
-
-
 def auc_with_se(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """ROC AUC and its Hanley-McNeil standard error."""
     if len(np.unique(y)) < 2:

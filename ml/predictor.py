@@ -119,7 +119,7 @@ class ProductionModel:
 
     @property
     def label(self) -> dict[str, Any]:
-        """The barriers the model was trained on: take_profit, stop_loss, horizon, fee, ..."""
+        """The label settings the model was trained with (``min_profit``)."""
         return dict(self.entry["label"])
 
     @property

@@ -346,7 +346,7 @@ class Registry:
                 "family": manifest.get("family"), "feature_set_id": manifest.get("feature_set_id"),
                 "feature_names": manifest.get("feature_names", []), "features": manifest.get("features"),
                 "timeframe": manifest.get("timeframe"), "label": manifest.get("label"),
-                "signal": manifest.get("signal"), "strategy": manifest.get("strategy"),
+                "strategy": manifest.get("strategy"),
                 "label_source": manifest.get("label_source", "barrier"), "sides": manifest.get("sides", ["long"]),
                 "outcome_returns": manifest.get("outcome_returns"),
                 "ev_margin": manifest.get("ev_margin"), "pairs": manifest.get("pairs", []),

@@ -32,11 +32,8 @@ class _Loose(BaseModel):
 
 
 class Label(_Loose):
-    barrier: Literal["fixed", "atr"] = "fixed"
-    take_profit: StrictFloat | StrictInt
-    stop_loss: StrictFloat | StrictInt
-    horizon: StrictInt
-    fee: StrictFloat | StrictInt
+    # Entries of earlier versions also hold their fixed barriers here (extra keys allowed).
+    min_profit: StrictFloat | StrictInt = 0.0
 
 
 class Outcome(_Loose):

@@ -44,9 +44,9 @@ from filelock import FileLock, Timeout
 
 from ml import jsonsafe, tracking
 from ml.bundle import load_bundle
-from ml.config import MLConfig, from_dict
+from ml.config import ConfigError, MLConfig, from_dict
 from ml.data import DataError, candle_dates
-from ml.dataset import build_dataset, build_trade_dataset
+from ml.dataset import build_trade_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
 from ml.registry import ProductionMoved, RegistryError, open_registry, pid_alive, run_gates
 from ml.storage import redacted_settings
@@ -99,13 +99,14 @@ class Retrain:
         self.user_data = Path(ft["user_data_dir"]).resolve()
         self.registry = open_registry(cfg.registry.path)
         self.strategy = cfg.training.strategy
-        if self.strategy:
-            from ml.trade_labels import strategy_name
+        if not self.strategy:
+            raise ConfigError(f"{config_path}: retrain learns from a strategy's own trades; set ml.training.strategy "
+                              "to its class name (the un-gated one, e.g. MyStrategy).")
+        from ml.trade_labels import strategy_name
 
-            self.name = strategy_name(config_path, self.strategy)  # the name its MLGate twin loads
-            self.cfg = cfg = from_dict({**cfg.model_dump(), "model": {"name": self.name}}, source=str(config_path))
-        else:
-            self.name = cfg.model.name
+        self.name = strategy_name(config_path, self.strategy)  # the name its MLGate twin loads
+        self.cfg = cfg = from_dict({**cfg.model_dump(), "model": {"name": self.name}}, source=str(config_path))
+        self.horizon = 1  # candles a trade lasts, typically: set by the label backtest
         self.started = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
@@ -143,28 +144,22 @@ class Retrain:
 
     def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
         """The rows of the window: the strategy's own trades opened in it (its label backtest
-        from the window's start), or the research signal's fixed-barrier rows."""
-        if self.strategy:
-            from ml.features import FeatureEngineer
-            from ml.trade_labels import strategy_trades
+        from the window's start)."""
+        from ml.features import FeatureEngineer
+        from ml.trade_labels import strategy_trades
 
-            engineer = FeatureEngineer(self.cfg.features, self.ft["timeframe"])
-            run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-", self.ft["pairs"],
-                                  min_startup=engineer.startup_candles, engineer=engineer)
-            data = build_trade_dataset(self.cfg, run, min_rows=0)
-        else:
-            data = build_dataset(self.cfg, Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"], None,
-                                 self.cfg.training.signal, self.ft["data_format"])
+        engineer = FeatureEngineer(self.cfg.features, self.ft["timeframe"])
+        run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-", self.ft["pairs"], engineer=engineer)
+        data = build_trade_dataset(self.cfg, run, min_rows=0)
         keep = (data.times > _ns(start)) & (data.times <= _ns(end))
         rows = data.take(np.flatnonzero(keep))
-        self.horizon = data.info.get("horizon_candles", self.cfg.label.horizon)
+        self.horizon = data.info.get("horizon_candles", self.horizon)
         return rows
 
     @property
     def horizon_span(self) -> np.timedelta64:
         """Blocks of the bootstrap: as long as a typical trade (neighbouring rows share it)."""
-        horizon = getattr(self, "horizon", self.cfg.label.horizon)
-        return (pd.Timedelta(self.ft["timeframe"]) * horizon).as_unit("ns").to_timedelta64()
+        return (pd.Timedelta(self.ft["timeframe"]) * self.horizon).as_unit("ns").to_timedelta64()
 
     def score(self, bundle_dir: Path, rows) -> tuple[dict[str, Any], np.ndarray]:
         """Window metrics of one model, and its per-row log loss (for the paired comparison)."""
@@ -249,11 +244,10 @@ class Retrain:
         train_from = start - pd.Timedelta(days=self.cfg.retrain.train_days)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         bundle_dir = self.user_data / "models" / self.name / f"retrain-{stamp}"
-        request = TrainRequest(Path(self.ft["datadir"]), self.ft["pairs"], self.ft["timeframe"],
+        request = TrainRequest(Path(self.config_path), self.strategy, self.ft["pairs"], self.ft["timeframe"],
                                f"{_day(train_from)}-{_day(start - step * self.cfg.training.embargo)}", bundle_dir,
                                self.cfg.training.storage or f"sqlite:///{self.user_data / 'optuna.sqlite3'}",
-                               f"{self.name}-retrain-{stamp}", self.ft["data_format"], strategy=self.strategy,
-                               config_path=self.config_path)
+                               f"{self.name}-retrain-{stamp}")
         trained = self._timed("train", train, self.cfg, request)
         summary["challenger_test"] = {k: trained["test"][k] for k in ("auc", "brier_skill", "ece", "ev_gate_trades")}
 

@@ -1,9 +1,6 @@
-"""Base entry signals: ordinary TA rules that propose trades.
-
-A plain strategy enters on them directly; a gated strategy enters only where the model's
-expected value is positive too; training uses them to choose its rows (meta-labelling:
-the model learns P(win | the base signal fired)). Keeping them here means all three use
-the very same rule.
+"""The entry rules of the example strategies (TrendPullback, MeanReversion): ordinary TA
+rules that propose trades. Their gated twins keep an entry only where the model's expected
+value is positive; the model learns from the trades these rules make (ml.trade_labels).
 """
 
 from __future__ import annotations
@@ -55,14 +52,6 @@ SIGNALS: dict[str, SignalFn] = {"trend_pullback": trend_pullback, "mean_reversio
 SIGNAL_STARTUP_CANDLES = 800
 
 
-def get_signal(name: str) -> SignalFn:
-    """Look a base signal up by name, with an error that lists the choices."""
-    try:
-        return SIGNALS[name]
-    except KeyError:
-        raise KeyError(f"Unknown signal '{name}'. Choose one of: {', '.join(SIGNALS)}") from None
-
-
 def time_exit_due(open_date: datetime, now: datetime, horizon: int, timeframe: str) -> bool:
-    """True once a trade has been open for ``horizon`` candles (the label's time exit)."""
+    """True once a trade has been open for ``horizon`` candles (a strategy's time exit)."""
     return (now - open_date).total_seconds() >= horizon * timeframe_to_seconds(timeframe)

@@ -17,7 +17,8 @@ Both markets share one price process, per candle t:
 ``z_t`` uses candles <= t only, so a feature like "distance of close from its 20-candle
 EMA, in volatility units" recovers it. ``flip_at`` reverses the sign from that candle on
 (a regime change: the rule becomes momentum). :func:`oracle_auc` measures how well the
-true ``-z_t`` ranks the triple-barrier label: the best AUC a model can hope for.
+true ``-z_t`` ranks the labels of given rows (a strategy's trades): the best AUC a model
+can hope for on them.
 """
 
 from __future__ import annotations
@@ -37,11 +38,6 @@ STRENGTH = 0.25
 EMA_SPAN = 20
 GARCH_ALPHA, GARCH_BETA = 0.06, 0.92
 T_DOF = 5.0
-# Oracle AUC of the true score -z_t for the default label (1h, take-profit 3%, stop-loss
-# 3%, horizon 24, fee 0.2%), measured by oracle_auc() over 3 seeds x 200,000 candles.
-# Later tests compare a trained model's test AUC against these numbers.
-ORACLE_AUC_ALL_CANDLES = 0.585
-ORACLE_AUC_TREND_PULLBACK = 0.545  # on trend_pullback signal rows only; noisier (~3k rows/seed)
 # Typical 5m crypto volatility per candle; scaled with sqrt(time) for other timeframes.
 SIGMA_5M = 0.0035
 
@@ -188,20 +184,22 @@ def write_market(
     return written
 
 
-def oracle_auc(
-    candles: int = 200_000,
-    timeframe: str = "5m",
-    seed: int = 123,
-    label_cfg=None,
-    rows: pd.Series | None = None,
-) -> float:
-    """AUC of the true planted score against the triple-barrier label on a long path."""
+def oracle_auc(rows: pd.DataFrame, pairs: list[str], timeframe: str, candles: int, seed: int = 0,
+               start: str = "2024-01-01", **process: float | int | None) -> float:
+    """AUC of the true planted score against labelled rows of a market that ``write_market``
+    wrote with the same arguments: the best AUC a model can reach on exactly those rows.
+
+    ``rows``: ``pair``, ``date`` (the signal candle, tz-aware) and ``label`` per row, e.g. a
+    strategy's trades (``ml.dataset``).
+    """
     from sklearn.metrics import roc_auc_score
 
-    from ml.config import LabelSettings
-    from ml.labels import triple_barrier
-
-    frame, score = simulate(candles, timeframe, "planted", seed)
-    labels = triple_barrier(frame, label_cfg or LabelSettings(), timeframe)["label"]
-    keep = labels.notna() if rows is None else labels.notna() & rows
-    return float(roc_auc_score(labels[keep], score[keep]))
+    scores = []
+    for i, pair in enumerate(pairs):
+        frame, score = simulate(candles, timeframe, "planted", pair_seed(seed, i), start, **process)
+        mine = rows[rows["pair"] == pair]
+        lookup = pd.Series(score.to_numpy(), index=pd.DatetimeIndex(frame["date"]))
+        scores.append(pd.DataFrame({"label": mine["label"].to_numpy(),
+                                    "score": lookup.reindex(pd.DatetimeIndex(mine["date"])).to_numpy()}))
+    both = pd.concat(scores, ignore_index=True).dropna()
+    return float(roc_auc_score(both["label"], both["score"]))

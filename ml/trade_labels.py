@@ -171,15 +171,14 @@ def _write_cache(folder: Path, trades: pd.DataFrame, meta: dict[str, Any]) -> No
 
 
 def strategy_trades(config_path: str | Path, strategy: str, timerange: str | None = None,
-                    pairs: list[str] | None = None, use_cache: bool = True, min_startup: int = 0,
-                    engineer=None) -> TradeRun:
+                    pairs: list[str] | None = None, use_cache: bool = True, engineer=None) -> TradeRun:
     """Run (or reuse) the label backtest of ``strategy``; see the module docstring.
 
-    ``min_startup``: candles of warm-up the gate's features need. The backtest warms up at
-    least that long, as the gated strategy does (MLGate raises its startup_candle_count), so
-    indicators with a long memory (EMA, RSI) give the same signals in both.
-    ``engineer`` (a FeatureEngineer with ``include_columns``): keep those columns of the
-    strategy's own indicators, per pair, for the features.
+    ``engineer``: the FeatureEngineer the model will use. The backtest warms up at least as
+    long as its features need, as the gated strategy does (MLGate raises its
+    startup_candle_count), so indicators with a long memory (EMA, RSI) give the same signals
+    in both. With ``include_columns`` it also keeps those columns of the strategy's own
+    indicators, per pair, for the features.
     """
     from freqtrade.data.converter import trim_dataframes
     from freqtrade.data.history import get_timerange
@@ -195,7 +194,7 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
         raise StrategyError(f"freqtrade cannot load strategy {strategy!r}: {_first_line(err)}") from err
     strat = backtesting.strategylist[0]
     cls = ungated_class(type(strat))
-    startup = max(int(strat.startup_candle_count), int(min_startup))
+    startup = max(int(strat.startup_candle_count), engineer.startup_candles if engineer is not None else 0)
     strat.startup_candle_count = backtesting.required_startup = config["startup_candle_count"] = startup
     whitelist = list(backtesting.pairlists.whitelist)
     # Keyed by the user's class: the gate never changes the un-gated trades.

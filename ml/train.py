@@ -22,7 +22,7 @@ import pandas as pd
 from ml import calibration, plots, tracking
 from ml.bundle import save_bundle
 from ml.config import MLConfig
-from ml.dataset import Dataset, build_dataset, build_trade_dataset
+from ml.dataset import Dataset, TrainingDataError, build_trade_dataset
 from ml.features import FeatureEngineer, correlation_prune
 from ml.metrics import evaluate, side_outcome_returns, trial_spread
 from ml.models import available_cores
@@ -45,20 +45,18 @@ PLOTS = "plots"
 
 @dataclass
 class TrainRequest:
-    """Where the data is and where the results go (the config says how to train)."""
+    """Whose trades, over which candles, and where the results go (the config says how to train)."""
 
-    datadir: Path
+    config_path: Path  # the freqtrade config the strategy's label backtest runs with
+    strategy: str  # learn from this freqtrade strategy's own trades
     pairs: list[str]
     timeframe: str
     timerange: str | None
     output: Path
     storage: str
     study: str
-    data_format: str = "feather"
     tracking_mode: str | None = None
     worker_only: bool = False  # add trials to a shared study; fit and register nothing
-    strategy: str | None = None  # learn from this freqtrade strategy's own trades
-    config_path: Path | None = None  # the freqtrade config the strategy's label backtest runs with
 
 
 def git_commit() -> str | None:
@@ -83,16 +81,15 @@ def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def load_dataset(cfg: MLConfig, req: TrainRequest) -> Dataset:
-    """The strategy's own trades (``req.strategy``), or a base signal's fixed-barrier labels."""
-    if req.strategy:
-        from ml.trade_labels import strategy_trades
+    """One row per trade the strategy (``req.strategy``) makes in freqtrade's engine."""
+    from ml.trade_labels import strategy_trades
 
-        engineer = FeatureEngineer(cfg.features, req.timeframe)
-        run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None,
-                              min_startup=engineer.startup_candles, engineer=engineer)
-        return build_trade_dataset(cfg, run)
-    return build_dataset(cfg, req.datadir, req.pairs, req.timeframe, req.timerange, cfg.training.signal,
-                         req.data_format)
+    if not req.strategy:
+        raise TrainingDataError("Which strategy's trades should the model learn from? Set ml.training.strategy in "
+                                "config.json or pass ftml train --strategy MyStrategy.")
+    engineer = FeatureEngineer(cfg.features, req.timeframe)
+    run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None, engineer=engineer)
+    return build_trade_dataset(cfg, run)
 
 
 def per_row_outcomes(outcomes: dict[str, dict[str, float]], sides: np.ndarray) -> dict[str, np.ndarray]:
@@ -106,11 +103,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     """Run the whole pipeline; return the summary (also written into the bundle)."""
     started = time.perf_counter()
     t = cfg.training
-    signal = t.signal
     data = load_dataset(cfg, req)
-    if req.strategy:
-        signal = None
-    horizon = data.info.get("horizon_candles", cfg.label.horizon)  # how long a trade lasts, typically
+    horizon = data.info["horizon_candles"]  # how long a trade lasts, typically
     gap = purge_gap(req.timeframe, horizon, t.embargo)
     split = chronological_split(data.times, t.calib_fraction, t.test_fraction, gap, data.label_end,
                                 min_rows=max(30, t.min_samples // 10))
@@ -198,10 +192,9 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "timeframe": req.timeframe,
         "startup_candles": engineer.startup_candles,
         "label": cfg.label.model_dump(),
-        "signal": signal,
-        "strategy": data.info.get("strategy"),
-        "label_source": data.info.get("label_source", "barrier"),
-        "sides": data.info.get("sides", ["long"]),
+        "strategy": data.info["strategy"],
+        "label_source": "trades",
+        "sides": data.info["sides"],
         # EV = p*win + (1-p)*loss per side; the strategy gates at the same margin the test
         # block's EV gate was scored at.
         "outcome_returns": outcomes,

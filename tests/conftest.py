@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ml.synth import write_market
+
 REPO = Path(__file__).resolve().parents[1]
 # pytest-xdist workers export COLUMNS=80, and rich (freqtrade's tables) then cuts the
 # columns that tests read; without it the child processes print as under plain pytest.
@@ -43,3 +45,31 @@ def project(tmp_path: Path) -> Path:
     """A temp folder with config.json whose user_data lives inside it."""
     write_config(tmp_path / "config.json")
     return tmp_path
+
+
+TEST_STRATEGIES = REPO / "tests" / "strategies"
+
+
+def strategy_project(root: Path, pairs: list[str], candles: int, market: str, seed: int, ml: dict | None = None,
+                     timeframe: str = "1h", strategy: str = "EveryFewHours", **process) -> Path:
+    """A project whose model learns from a test strategy's trades (tests/strategies) on a
+    synthetic market; ``ml`` sections are merged into the defaults, one level deep."""
+    defaults = {"tracking": {"mode": "disabled"}, "training": {"strategy": strategy},
+                "registry": {"path": str(root / "registry")}}
+    ml_section = {key: {**defaults.get(key, {}), **(ml or {}).get(key, {})} for key in {*defaults, *(ml or {})}}
+    exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": pairs}
+    write_config(root / "config.json", exchange=exchange, strategy_path=str(TEST_STRATEGIES), timeframe=timeframe,
+                 ml=ml_section)
+    write_market(root / "user_data" / "data" / "binance", pairs, timeframe, candles, market, seed, **process)
+    return root
+
+
+def train_request(root: Path, output: str = "bundle", timerange: str | None = None, study: str = "study"):
+    """What ``ftml train`` would ask of ml.train for the project at ``root``."""
+    from ml.config import load
+    from ml.train import TrainRequest
+
+    config = json.loads((root / "config.json").read_text())
+    return TrainRequest(root / "config.json", load(root / "config.json").training.strategy,
+                        config["exchange"]["pair_whitelist"], config["timeframe"], timerange, root / output,
+                        f"sqlite:///{root / 'optuna.db'}", study)

@@ -9,7 +9,6 @@ from sklearn.calibration import calibration_curve
 from ml import calibration
 from ml.config import GateSettings
 from ml.metrics import (
-    barrier_outcome_returns,
     calibration_in_the_large,
     ece,
     ece_noise_band,
@@ -113,14 +112,6 @@ def test_ev_is_the_mean_realised_return_of_trades_that_win_with_probability_p():
     outcome = outcome_returns(won, realised)
     assert expected_value(np.array([p]), outcome["win"], outcome["loss"])[0] == pytest.approx(realised.mean(), abs=3e-4)
     assert realised.mean() == pytest.approx(0.007, abs=3e-4)
-
-
-def test_fixed_barrier_break_even_counts_the_fee_once():
-    # A win earns tp net of fees (freqtrade's ROI is net), a loss costs sl + fee:
-    # break-even p = 0.032 / 0.062 = 0.516, not the 0.533 of a fee charged twice.
-    outcome = barrier_outcome_returns(0.03, 0.03, 0.002)
-    assert expected_value(np.array([0.032 / 0.062]), outcome["win"], outcome["loss"])[0] == pytest.approx(0.0)
-    assert expected_value(np.array([0.52]), outcome["win"], outcome["loss"])[0] > 0
 
 
 def test_tied_predictions_share_a_bin_whatever_their_order_in_time():

@@ -8,9 +8,9 @@ from tests.conftest import REPO, run_ftml, write_config
 
 def test_repo_config_parses_with_typed_values():
     cfg = mlconfig.load(REPO / "config.json")
-    assert cfg.label.horizon == 24 and isinstance(cfg.label.take_profit, float)
+    assert cfg.label.min_profit == 0.0 and isinstance(cfg.label.min_profit, float)
     assert cfg.registry.path == "registry"
-    assert cfg.training.signal == "trend_pullback"
+    assert cfg.training.strategy == "TrendPullback"
     assert cfg.tracking.mode in {"auto", "online", "offline", "disabled"}
 
 
@@ -25,10 +25,12 @@ def test_missing_section_gives_working_defaults():
     ("ml_section", "must_mention"),
     [
         ({"trainng": {}}, ["ml.trainng", "did you mean 'training'"]),
-        ({"label": {"horizn": 10}}, ["ml.label.horizn", "did you mean 'horizon'"]),
-        ({"label": {"horizon": "many"}}, ["ml.label.horizon", '"many"', "integer"]),
-        ({"label": {"horizon": 0}}, ["ml.label.horizon", "0", "greater than or equal to 1"]),
-        ({"label": {"barrier": "weird"}}, ["ml.label.barrier", '"weird"', "'fixed' or 'atr'"]),
+        ({"label": {"min_proft": 0.01}}, ["ml.label.min_proft", "did you mean 'min_profit'"]),
+        ({"label": {"min_profit": "many"}}, ["ml.label.min_profit", '"many"', "number"]),
+        ({"label": {"min_profit": 0.9}}, ["ml.label.min_profit", "0.9", "less than or equal to 0.5"]),
+        # Keys of the fixed-barrier labeller, removed: the line says what replaced them.
+        ({"label": {"take_profit": 0.03}}, ["'ml.label.take_profit' was removed", "set them in the strategy"]),
+        ({"training": {"signal": None}}, ["'ml.training.signal' was removed", "ml.training.strategy"]),
         ({"training": {"families": ["xgboost", "catboost"]}}, ["ml.training.families.1", "catboost"]),
         ({"tracking": {"mode": True}}, ["ml.tracking.mode"]),
     ],
@@ -50,18 +52,11 @@ def test_other_commands_refuse_a_bad_config_too(tmp_path):
     assert "ml.gate.ev_margn" in done.stderr and "ev_margin" in done.stderr
 
 
-def test_fixed_barriers_must_be_fractions():
-    with pytest.raises(mlconfig.ConfigError, match="fractions below 0.5"):
-        mlconfig.from_dict({"label": {"barrier": "fixed", "take_profit": 2.0}})
-    # As ATR multiples the same numbers are fine.
-    assert mlconfig.from_dict({"label": {"barrier": "atr", "take_profit": 2.0}}).label.take_profit == 2.0
-
-
 def test_config_show_prints_resolved_defaults(project):
     done = run_ftml("config", "-c", "config.json", cwd=project)
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
-    assert shown["label"]["horizon"] == 24 and shown["training"]["min_samples"] == 500
+    assert shown["label"]["min_profit"] == 0.0 and shown["training"]["min_samples"] == 500
 
 
 def test_invalid_json_and_missing_file_are_user_errors(tmp_path):

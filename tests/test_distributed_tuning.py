@@ -23,7 +23,7 @@ import pytest
 
 from ml.registry import open_registry
 from ml.synth import write_market
-from tests.conftest import run_ftml, write_config
+from tests.conftest import run_ftml, strategy_project, write_config
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 PASSWORD = "s3cret-pw"  # trust auth ignores it; the test checks it is never written down
@@ -64,10 +64,8 @@ def postgres_url():
 
 
 def _project(root: Path) -> Path:
-    write_config(root / "config.json", ml={"tracking": {"mode": "disabled"},
-                                           "training": {"signal": None, "families": ["lightgbm", "logistic"]}})
-    write_market(root / "user_data" / "data" / "binance", ["ETH/BTC", "LTC/BTC"], "1h", 3000, "planted", 2)
-    return root
+    return strategy_project(root, ["ETH/BTC", "LTC/BTC"], 3000, "planted", 2,
+                            ml={"training": {"families": ["lightgbm", "logistic"]}})
 
 
 @pytest.mark.slow

@@ -7,8 +7,7 @@ import pytest
 
 from ml.drift import psi
 from ml.registry import open_registry
-from ml.synth import write_market
-from tests.conftest import run_ftml, write_config
+from tests.conftest import run_ftml, strategy_project
 
 RNG = np.random.default_rng(3)
 
@@ -25,14 +24,12 @@ def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
 @pytest.mark.slow
 def test_ftml_drift_flags_a_calmer_market(tmp_path):
     pairs = ["ETH/BTC", "LTC/BTC"]
-    write_config(tmp_path / "config.json", ml={
-        "training": {"signal": None, "trials": 2, "families": ["logistic"]}, "tracking": {"mode": "disabled"},
-        "retrain": {"window_days": 60}})
-    write_market(tmp_path / "user_data" / "data" / "binance", pairs, "1h", 9000, "planted", 2,
-                 vol_shift_at=7500, vol_shift=0.5)
+    strategy_project(tmp_path, pairs, 9000, "planted", 2, ml={"training": {"trials": 2, "families": ["logistic"]},
+                                                             "retrain": {"window_days": 60}},
+                     vol_shift_at=7500, vol_shift=0.5)
     done = run_ftml("train", "-c", "config.json", "--pairs", *pairs, "--timerange", "20240101-20240901", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    open_registry(tmp_path / "registry").promote("trend_pullback", 1, force=True, reason="drift test")
+    open_registry(tmp_path / "registry").promote("EveryFewHours", 1, force=True, reason="drift test")
     done = run_ftml("drift", "-c", "config.json", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

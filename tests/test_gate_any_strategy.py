@@ -187,8 +187,9 @@ def test_training_rows_are_exactly_the_strategys_trades(probe):
     assert {"roi", "trailing_stop_loss", "stale"} <= {t["exit_reason"] for t in trades}
 
     code = ("import json, sys; from ml.config import load; from ml.dataset import build_trade_dataset; "
-            "from ml.trade_labels import strategy_trades; "
-            "run = strategy_trades('config.json', 'LabelProbe', min_startup=480); d = build_trade_dataset(load('config.json'), run); "
+            "from ml.trade_labels import strategy_trades; from ml.features import FeatureEngineer; cfg = load('config.json'); "
+            "run = strategy_trades('config.json', 'LabelProbe', engineer=FeatureEngineer(cfg.features, '1h')); "
+            "d = build_trade_dataset(cfg, run); "
             "print(json.dumps({'rows': [[p, str(t), r, int(y)] for p, t, r, y in "
             "zip(d.pairs, d.times, d.realised, d.y)], 'unresolved': run.unresolved}))")
     done = __import__("subprocess").run([__import__("sys").executable, "-c", code], cwd=tmp_path, capture_output=True,

@@ -1,16 +1,14 @@
 """Honest reporting (issue "Honest reporting"): sign flips, raw AUC, constant calibrators,
-model names that follow the signal, visible cron failures. Each test reproduces a defect."""
+visible cron failures. Each test reproduces a defect."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
 from ml import calibration
-from ml.cli import model_name_for
 from ml.config import GateSettings
 from ml.metrics import ev_gate_simulation, evaluate
 from ml.registry import open_registry, run_gates
@@ -62,20 +60,10 @@ def test_a_constant_calibrator_never_opens_the_gate():
     assert ranked["gated"]["trades"] == 500  # any spread at all: judged row by row
 
 
-@pytest.mark.parametrize(("configured", "signal", "explicit", "expected"), [
-    ("trend_pullback", "mean_reversion", None, "mean_reversion"),  # used to register as trend_pullback
-    ("trend_pullback", None, None, "trend_pullback"),  # all candles: the configured name
-    ("trend_pullback", "mean_reversion", "mr_v2", "mr_v2"),  # --model wins
-    ("my_model", "mean_reversion", None, "my_model"),  # a name that is no signal's is the user's choice
-])
-def test_the_model_name_follows_the_signal(configured, signal, explicit, expected):
-    assert model_name_for(configured, signal, argparse.Namespace(model=explicit)) == expected
-
-
 def test_a_failed_retrain_says_so_on_stdout_and_in_the_logs(tmp_path):
     """No candles: exit 2 as documented, and, since cron sends stderr to /dev/null, a JSON
     line on stdout, an entry in retrain.log and a line in retrain.jsonl."""
-    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}, "training": {"strategy": "TrendPullback"}})
     done = run_ftml("retrain", "-c", "config.json", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     line = json.loads(done.stdout.strip().splitlines()[-1])

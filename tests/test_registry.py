@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.config import FeatureSettings, GateSettings, from_dict
+from ml.config import FeatureSettings, GateSettings, load
 from ml.features import FeatureEngineer
 from ml.predictor import FeatureMismatch, ProductionModel
 from ml.registry import IntegrityError, Registry, RegistryError, open_registry
-from ml.synth import write_market
-from ml.train import TrainRequest, train
-from tests.conftest import REPO, run_ftml, write_config
+from ml.train import train
+from tests.conftest import REPO, run_ftml, strategy_project, train_request, write_config
 from tests.test_training import PickleBomb
 
 OPEN_GATES = GateSettings(min_auc=0.0, max_ece=1.0, min_brier_skill=-1.0, min_trades=0, min_ev_return=-1.0)
@@ -29,12 +28,8 @@ OPEN_GATES = GateSettings(min_auc=0.0, max_ece=1.0, min_brier_skill=-1.0, min_tr
 
 def small_bundle(root: Path, family: str) -> Path:
     """A real (small) training bundle of one model family: 2 pairs x 3000 candles, 1 trial."""
-    pairs = ["A/USDT", "B/USDT"]
-    write_market(root / "data", pairs, "1h", 3000, "planted", 1)
-    cfg = from_dict({"training": {"signal": None, "families": [family], "trials": 1},
-                     "tracking": {"mode": "disabled"}})
-    summary = train(cfg, TrainRequest(root / "data", pairs, "1h", None, root / "bundle",
-                                      f"sqlite:///{root / 'o.db'}", "s"))
+    strategy_project(root, ["A/BTC", "B/BTC"], 3000, "planted", 1, ml={"training": {"families": [family], "trials": 1}})
+    summary = train(load(root / "config.json"), train_request(root))
     return Path(summary["bundle"])
 
 
@@ -265,12 +260,12 @@ def test_feature_mismatch_says_what_differs(store, bundle):
         ProductionModel.load(store, "m", FeatureEngineer(timeframe="5m"))
 
 
-def test_predictor_exposes_barriers_and_notices_a_new_production(store, bundle):
+def test_predictor_exposes_its_label_and_notices_a_new_production(store, bundle):
     for _ in range(2):
         store.register(bundle, "m")
     store.promote("m", 1, force=True, reason="test")
     model = ProductionModel.load(store, "m")
-    assert model.label["take_profit"] == 0.03 and model.label["horizon"] == 24
+    assert model.label == {"min_profit": 0.0} and model.entry["strategy"] == "EveryFewHours"
     assert model.train_end < __import__("pandas").Timestamp(model.entry["ranges"]["test"][0])
     assert not model.changed()
     store.promote("m", 2, force=True, reason="newer")
