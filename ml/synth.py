@@ -58,6 +58,8 @@ def simulate(
     vol_shift_at: int | None = None,
     vol_shift: float = 1.0,
     hour_drift: float = 0.0,
+    trend: float = 0.0,
+    trend_at: int | None = None,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """One pair's candles plus the planted score ``-z_t`` (zero on a null market).
 
@@ -69,6 +71,9 @@ def simulate(
     volatilities per candle (up in the early UTC hours, down in the late ones; reversed from
     ``flip_at`` on): a known edge for *any* strategy's trades, which hour-of-day features
     recover, whatever the strategy's own entry rule is. The returned score does not include it.
+    ``trend`` / ``trend_at``: from that candle on, add ``trend`` volatilities per candle (a
+    bear market when negative): every long trade's win rate falls, the base-rate drift a
+    calibrator fitted on an older block gets wrong.
     """
     if market not in ("null", "planted"):
         raise ValueError(f"market must be 'null' or 'planted', got {market!r}")
@@ -92,6 +97,8 @@ def simulate(
     drift = hour_drift * np.cos(2.0 * np.pi * (hours - 6.0) / 24.0)
     if flip_at is not None:
         drift[flip_at:] *= -1.0  # the regime change reverses the intraday edge too
+    if trend_at is not None:
+        drift[trend_at:] += trend
     log_ret, score = _run_process(shocks, vol_season, kappa, sigma, drift)
 
     price0 = start_price if start_price is not None else 10 ** rng.uniform(-3, 2)

@@ -9,7 +9,10 @@ hours win more often; hour-of-day features can learn that from its own trades.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
+import textwrap
 from pathlib import Path
 
 import freqtrade
@@ -282,3 +285,41 @@ def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
         plain = [t["profit_ratio"] for t in stats["TwoSided"]["trades"] if t["is_short"] == side]
         assert 0 < len(gated) < len(plain), (side, len(gated), len(plain))
         assert np.mean(gated) > np.mean(plain), (side, np.mean(gated), np.mean(plain))
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_readme_steps_gate_your_own_strategy(probe, tmp_path):
+    """The README's "Gate your own strategy", step by step as written, with MyStrategy = a
+    copy of LabelProbe and the timeranges moved onto this market's candles."""
+    section = readme_section("Gate your own strategy")
+    steps = re.findall(r"^\d\. ", section, flags=re.M)
+    assert 1 <= len(steps) <= 5
+    root = tmp_path
+    (root / "strategies").mkdir()
+    (root / "strategies" / "MyStrategy.py").write_text(LABEL_PROBE.replace("class LabelProbe", "class MyStrategy"))
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (root / "strategies" / "MyStrategyML.py").write_text(textwrap.dedent(code))
+    (root / "user_data").symlink_to(probe / "user_data", target_is_directory=True)
+    cfg = json.loads((probe / "config.json").read_text())
+    cfg["strategy_path"] = str(root / "strategies")
+    cfg["ml"] = {**cfg["ml"], "registry": {"path": str(root / "registry")}}
+    (root / "config.json").write_text(json.dumps(cfg))
+    commands = re.findall(r"`(ftml [^`]+)`", section)
+    assert [c.split()[1] for c in commands] == ["train", "registry", "registry", "freqtrade"]
+    moved = {"20240101-20250501": "-20240601", "20250601-": "20240615-"}
+    for command in commands:
+        for old, new in moved.items():
+            command = command.replace(old, new)
+        args = shlex.split(command)[1:]
+        if args[0] == "freqtrade":
+            (root / "bt").mkdir()
+            args += ["--export", "trades", "--backtest-directory", "bt"]
+        ftml_ok(root, *args)
+    stats = load_backtest_stats(root / "bt")["strategy"]
+    assert 0 < stats["MyStrategyML"]["total_trades"] < stats["MyStrategy"]["total_trades"]

@@ -307,8 +307,14 @@ def test_null_market_is_not_promoted_and_forced_gate_trades_little(tmp_path):
     assert refused.returncode == 2 and "failed its gates" in refused.stderr
     ftml_ok(root, "registry", "promote", MODEL, "1", "-c", "config.json", "--force",
             "--reason", "null-market test")
-    stats, _ = backtest(root, "bt_null", "--timerange", LATER)
-    assert stats["TrendPullbackML"]["total_trades"] <= 0.1 * max(stats["TrendPullback"]["total_trades"], 1)
+    stats, log = backtest(root, "bt_null", "--timerange", LATER)
+    # At most 1% of the signals (the plain twin's trades are fewer than its signals, so this
+    # is stricter). On a null market the calibration block's parsimony picks a constant
+    # calibrator, and the gate refuses a model with nothing to select on; a model with a
+    # ranking would be judged trade by trade on EV instead. Either way: say why.
+    assert stats["TrendPullbackML"]["total_trades"] <= 0.01 * stats["TrendPullback"]["total_trades"]
+    assert stats["TrendPullback"]["total_trades"] >= 100
+    assert "constant calibrator" in log or "ML gate:" in log
 
 
 def test_fallback_and_guard_off_are_explicit_and_reported(planted, tmp_path):

@@ -82,15 +82,15 @@ def test_planted_market_finds_the_edge(planted):
 
 
 def test_calibration_fixes_base_rate_drift_on_planted_data(tmp_path):
-    """Volatility calms to 0.7x before the calibration block: fewer trades reach the 3% ROI
-    or stoploss, more end at the time exit, where the fee makes most of them losers; the
-    win rate falls, and the raw model, fitted mostly on the wilder past, is off.
-    Calibration on the recent block fixes it."""
+    """A bear market starts before the calibration block (a drift of -0.05 volatilities per
+    candle): the long trades' win rate falls, and the raw model, fitted on the past, is
+    off. Calibration on the recent block fixes it."""
     summary = run_training(tmp_path, "planted", 0, n_pairs=6, candles=20000,
-                           process={"vol_shift_at": 11000, "vol_shift": 0.7})
+                           process={"trend_at": 11000, "trend": -0.05})
     test = summary["test"]
-    assert test["fitted_base_rate"] - test["base_rate"] > 0.05  # the drift is real
-    assert test["ece"] < test["ece_raw"]
+    # Measured (seed 0): fitted base rate 0.468, test 0.428; ECE raw 0.076, calibrated 0.021.
+    assert test["fitted_base_rate"] - test["base_rate"] > 0.03  # the drift is real
+    assert test["ece"] < 0.5 * test["ece_raw"]
     assert test["ece"] <= 0.03
     assert abs(test["mean_p"] - test["base_rate"]) < 0.02
 
