@@ -129,12 +129,15 @@ class MLGate:
 
     def _use(self, model: ProductionModel) -> None:
         self.model = model
-        self._outcome = {side: outcome_returns_of(model.entry, side) for side in SIDES}
-        margin = float(self.ev_margin.value)
         sides = model.entry.get("sides") or ["long"]
-        logger.info("ML gate: %s v%s (trained to %s) gates %s of %s where EV > %.4f (long: p*%.4f + (1-p)*%.4f).",
-                    model.name, model.version, model.train_end, "/".join(sides), self.ml_strategy, margin,
-                    self._outcome["long"]["win"], self._outcome["long"]["loss"])
+        # A side the model never saw has no measured outcomes: its EV stays NaN (no entry).
+        self._outcome = {side: outcome_returns_of(model.entry, side) if side in sides
+                         else {"win": np.nan, "loss": np.nan} for side in SIDES}
+        margin = float(self.ev_margin.value)
+        evs = ", ".join(f"{side}: p*{self._outcome[side]['win']:.4f} + (1-p)*{self._outcome[side]['loss']:.4f}"
+                        for side in sides)
+        logger.info("ML gate: %s v%s (trained to %s) gates %s of %s where EV > %.4f (%s).", model.name,
+                    model.version, model.train_end, "/".join(sides), self.ml_strategy, margin, evs)
         if getattr(self, "can_short", False) and "short" not in sides:
             self._say(f"noshort:{model.version}", "ML gate: %s v%s saw no short trades; every short entry is "
                       "refused until a model trained on shorts is promoted.", model.name, model.version)

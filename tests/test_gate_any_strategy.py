@@ -52,7 +52,7 @@ def sample_project(root: Path, market: str = "null", hour_drift: float = 0.2, ca
 
 def ftml_ok(root: Path, *args: str):
     done = run_ftml(*args, cwd=root)
-    assert done.returncode == 0, (args, done.stderr[-3000:])
+    assert done.returncode == 0, (args, done.stderr[-3000:], done.stdout[-3000:])
     return done
 
 
@@ -308,7 +308,9 @@ def test_the_readme_steps_gate_your_own_strategy(probe, tmp_path):
     (root / "user_data").symlink_to(probe / "user_data", target_is_directory=True)
     cfg = json.loads((probe / "config.json").read_text())
     cfg["strategy_path"] = str(root / "strategies")
-    cfg["ml"] = {**cfg["ml"], "registry": {"path": str(root / "registry")}}
+    # max_ece 0.1: a few hundred test trades of one strategy measure an ECE around 0.05
+    # from sampling noise alone (a fixed ceiling ignores n; issue 12 makes the gate n-aware).
+    cfg["ml"] = {**cfg["ml"], "registry": {"path": str(root / "registry")}, "gate": {"max_ece": 0.1}}
     (root / "config.json").write_text(json.dumps(cfg))
     commands = re.findall(r"`(ftml [^`]+)`", section)
     assert [c.split()[1] for c in commands] == ["train", "registry", "registry", "freqtrade"]
