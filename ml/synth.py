@@ -60,6 +60,7 @@ def simulate(
     hour_drift: float = 0.0,
     trend: float = 0.0,
     trend_at: int | None = None,
+    below_only: bool = False,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """One pair's candles plus the planted score ``-z_t`` (zero on a null market).
 
@@ -74,6 +75,9 @@ def simulate(
     ``trend`` / ``trend_at``: from that candle on, add ``trend`` volatilities per candle (a
     bear market when negative): every long trade's win rate falls, the base-rate drift a
     calibrator fitted on an older block gets wrong.
+    ``below_only``: the planted reversion acts only below the EMA (after a fall), so longs
+    opened after a dip have an edge and shorts opened after a spike have none: a market
+    where only one side is predictable.
     """
     if market not in ("null", "planted"):
         raise ValueError(f"market must be 'null' or 'planted', got {market!r}")
@@ -99,7 +103,7 @@ def simulate(
         drift[flip_at:] *= -1.0  # the regime change reverses the intraday edge too
     if trend_at is not None:
         drift[trend_at:] += trend
-    log_ret, score = _run_process(shocks, vol_season, kappa, sigma, drift)
+    log_ret, score = _run_process(shocks, vol_season, kappa, sigma, drift, below_only)
 
     price0 = start_price if start_price is not None else 10 ** rng.uniform(-3, 2)
     log_close = math.log(price0) + np.cumsum(log_ret)
@@ -122,7 +126,8 @@ def simulate(
 
 
 def _run_process(
-    shocks: np.ndarray, season: np.ndarray, kappa: np.ndarray, sigma: float, drift: np.ndarray
+    shocks: np.ndarray, season: np.ndarray, kappa: np.ndarray, sigma: float, drift: np.ndarray,
+    below_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The GARCH + planted-drift recursion. Sequential by nature; plain floats keep it fast."""
     omega = sigma**2 * (1.0 - GARCH_ALPHA - GARCH_BETA)
@@ -139,15 +144,16 @@ def _run_process(
         eps = sd * shocks_l[t]
         e2 = eps * eps
         step_sd = season_l[t]
+        pull = math.tanh(min(z, 0.0) if below_only else z)
         # The hour drift sits outside the seasonal volatility factor so that it sums to zero
         # over a day (no trend over the whole path).
-        r = step_sd * (eps - kappa_l[t] * sd * math.tanh(z)) + drift_l[t] * sd
+        r = step_sd * (eps - kappa_l[t] * sd * pull) + drift_l[t] * sd
         logp += r
         ema += alpha_ema * (logp - ema)
         z = (logp - ema) / z_scale
         log_ret[t] = r
         # The score known at the close of t, for the drift from t+1 on.
-        score[t] = -math.tanh(z) * (kappa_l[t + 1] if t + 1 < n else kappa_l[t])
+        score[t] = -math.tanh(min(z, 0.0) if below_only else z) * (kappa_l[t + 1] if t + 1 < n else kappa_l[t])
     return log_ret, score
 
 

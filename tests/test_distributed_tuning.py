@@ -87,7 +87,7 @@ def test_two_processes_share_one_study_with_distinct_trials_and_one_registration
     points = {json.dumps(t.params, sort_keys=True) for t in done}
     assert len(points) == 12  # distinct: one seed in both processes gave 6 points twice
     assert len({t.user_attrs["pid"] for t in done}) == 2
-    versions = open_registry(root / "registry").read()["models"]["trend_pullback"]["versions"]
+    versions = open_registry(root / "registry").read()["models"]["EveryFewHours"]["versions"]
     assert list(versions) == [str(owner["registered"]["version"])]  # registered once
     assert owner["trials"]["finished"] == 12  # the owner waited for the worker's trials
     for written in (root / "registry" / "registry.json", Path(owner["bundle"]) / "bundle.json",
@@ -98,10 +98,10 @@ def test_two_processes_share_one_study_with_distinct_trials_and_one_registration
 
 
 def test_an_unreachable_server_is_one_line_and_quick(tmp_path):
-    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}, "training": {"strategy": "TrendPullback"}})
     write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC"], "1h", 1500, "null", 1)
     start = time.monotonic()
-    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
+    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--trials", "1",
                     "--storage", f"postgresql+psycopg2://u:{PASSWORD}@127.0.0.1:{_free_port()}/x", cwd=tmp_path)
     assert done.returncode == 2 and "Cannot use the Optuna storage" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
@@ -112,9 +112,9 @@ def test_a_missing_driver_names_the_extra(tmp_path):
     pytest.importorskip("sqlalchemy")
     if __import__("importlib").util.find_spec("psycopg") is not None:
         pytest.skip("psycopg (3) is installed here")
-    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}, "training": {"strategy": "TrendPullback"}})
     write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC"], "1h", 1500, "null", 1)
-    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
+    done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--trials", "1",
                     "--storage", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:5/x", cwd=tmp_path)
     assert done.returncode == 2 and "freqtrade-ml[postgres]" in done.stderr and "Traceback" not in done.stderr
 
@@ -141,10 +141,10 @@ def test_a_silent_server_times_out_instead_of_hanging(tmp_path):
     thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
     thread.start()
     try:
-        write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+        write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}, "training": {"strategy": "TrendPullback"}})
         write_market(tmp_path / "user_data" / "data" / "binance", ["ETH/BTC"], "1h", 1500, "null", 1)
         start = time.monotonic()
-        done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--signal", "none", "--trials", "1",
+        done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "--trials", "1",
                         "--storage", f"postgresql+psycopg2://u:{PASSWORD}@127.0.0.1:{port}/x", cwd=tmp_path,
                         timeout=180)
         assert done.returncode == 2 and "Cannot use the Optuna storage" in done.stderr, done.stderr[-2000:]

@@ -69,7 +69,7 @@ def test_sample_strategy_trains_on_its_own_trades(sample):
     assert trained["verdict"] == "edge", trained["reasons"]
     bundle = json.loads((Path(trained["bundle"]) / "bundle.json").read_text())
     assert bundle["label_source"] == "trades" and bundle["strategy"] == "SampleStrategy"
-    assert bundle["sides"] == ["long"] and bundle["signal"] is None
+    assert bundle["sides"] == ["long"] and "signal" not in bundle
     outcome = bundle["outcome_returns"]["long"]
     assert outcome["win"] > 0 > outcome["loss"]  # measured, not barriers: SampleStrategy has none
     # A second training reuses the label backtest and says so.

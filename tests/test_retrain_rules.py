@@ -116,7 +116,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_scratch_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
-    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}})
+    write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}, "training": {"strategy": "TrendPullback"}})
     stale = tmp_path / "user_data" / "retrain-tmp" / "challenger-abc123"
     (stale / "registry").mkdir(parents=True)
     done = subprocess.run([sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json"], cwd=tmp_path,
