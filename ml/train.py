@@ -27,7 +27,7 @@ from ml.features import FeatureEngineer, correlation_prune
 from ml.metrics import evaluate, side_outcome_returns, trial_spread
 from ml.models import available_cores
 from ml.splits import PurgedWalkForward, chronological_split, purge_gap
-from ml.storage import redact, redacted_settings
+from ml.storage import open_storage, redact, redacted_settings
 from ml.tuning import (
     QUIET_S,
     TuningData,
@@ -103,6 +103,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     """Run the whole pipeline; return the summary (also written into the bundle)."""
     started = time.perf_counter()
     t = cfg.training
+    open_storage(req.storage)  # a wrong storage URL fails now, not after the label backtest
     data = load_dataset(cfg, req)
     horizon = data.info["horizon_candles"]  # how long a trade lasts, typically
     gap = purge_gap(req.timeframe, horizon, t.embargo)
