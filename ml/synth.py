@@ -125,6 +125,12 @@ def simulate(
     return frame, pd.Series(score, index=frame.index, name="planted_score")
 
 
+def _pull(z: float, below_only: bool) -> float:
+    """How hard the planted reversion pulls at oscillator value ``z`` (only below the EMA
+    with ``below_only``); the drift and the oracle score both use it."""
+    return math.tanh(min(z, 0.0) if below_only else z)
+
+
 def _run_process(
     shocks: np.ndarray, season: np.ndarray, kappa: np.ndarray, sigma: float, drift: np.ndarray,
     below_only: bool = False,
@@ -144,7 +150,7 @@ def _run_process(
         eps = sd * shocks_l[t]
         e2 = eps * eps
         step_sd = season_l[t]
-        pull = math.tanh(min(z, 0.0) if below_only else z)
+        pull = _pull(z, below_only)
         # The hour drift sits outside the seasonal volatility factor so that it sums to zero
         # over a day (no trend over the whole path).
         r = step_sd * (eps - kappa_l[t] * sd * pull) + drift_l[t] * sd
@@ -153,7 +159,7 @@ def _run_process(
         z = (logp - ema) / z_scale
         log_ret[t] = r
         # The score known at the close of t, for the drift from t+1 on.
-        score[t] = -math.tanh(min(z, 0.0) if below_only else z) * (kappa_l[t + 1] if t + 1 < n else kappa_l[t])
+        score[t] = -_pull(z, below_only) * (kappa_l[t + 1] if t + 1 < n else kappa_l[t])
     return log_ret, score
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from ml import calibration, plots, tracking
 from ml.bundle import save_bundle
 from ml.config import MLConfig
-from ml.dataset import Dataset, TrainingDataError, build_trade_dataset
+from ml.dataset import Dataset, build_trade_dataset
 from ml.features import FeatureEngineer, correlation_prune
 from ml.metrics import evaluate, side_outcome_returns, trial_spread
 from ml.models import available_cores
@@ -84,9 +84,6 @@ def load_dataset(cfg: MLConfig, req: TrainRequest) -> Dataset:
     """One row per trade the strategy (``req.strategy``) makes in freqtrade's engine."""
     from ml.trade_labels import strategy_trades
 
-    if not req.strategy:
-        raise TrainingDataError("Which strategy's trades should the model learn from? Set ml.training.strategy in "
-                                "config.json or pass ftml train --strategy MyStrategy.")
     engineer = FeatureEngineer(cfg.features, req.timeframe)
     run = strategy_trades(req.config_path, req.strategy, req.timerange, req.pairs or None, engineer=engineer)
     return build_trade_dataset(cfg, run)
