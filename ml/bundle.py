@@ -5,6 +5,7 @@
                      pairs, time ranges, train_end, metrics summary
     model.*          the model in its library's native format (see ml.models)
     calibrator.json  the calibration map
+    calibrator.r<n>.json  recalibration revisions, added by the registry (ftml recalibrate)
     metrics.json     the full evaluation report
     plots/*.png      reliability diagram, feature importance, optimisation history
 
@@ -15,6 +16,7 @@ never opened.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,16 +107,22 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(folder: str | Path) -> Bundle:
-    """Load model and calibrator from the known file names only (never pickle)."""
+def load_bundle(folder: str | Path, calibrator_file: str | None = None) -> Bundle:
+    """Load model and calibrator from the known file names only (never pickle).
+
+    ``calibrator_file``: a recalibration revision's file (``calibrator.r<n>.json``, named by
+    the registry) instead of the calibrator the model was trained with.
+    """
     folder = Path(folder)
+    if calibrator_file is not None and not re.fullmatch(r"calibrator\.r[0-9]+\.json", calibrator_file):
+        raise BundleError(f"{folder}: refusing calibrator file {calibrator_file!r} (expected calibrator.r<n>.json)")
     manifest = read_manifest(folder)
     try:
         model = load_model(manifest["family"], folder, manifest.get("params"))
     except Exception as err:
         raise BundleError(f"{folder / FAMILIES[manifest['family']].filename}: cannot load model: {err}") from err
     try:
-        calibrator = calibration.from_json((folder / CALIBRATOR).read_text())
+        calibrator = calibration.from_json((folder / (calibrator_file or CALIBRATOR)).read_text())
     except (OSError, ValueError, KeyError) as err:
-        raise BundleError(f"{folder / CALIBRATOR}: cannot load calibrator: {err}") from err
+        raise BundleError(f"{folder / (calibrator_file or CALIBRATOR)}: cannot load calibrator: {err}") from err
     return Bundle(manifest, model, calibrator)

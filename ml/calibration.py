@@ -7,6 +7,9 @@
   carry no information out of sample. Competing against it keeps a spurious slope
   fitted on noise from spreading probabilities (and EV-gate entries) on a market with
   no signal.
+* identity: the model's own probabilities, unchanged: nothing fitted, so nothing to
+  overfit. A model trained with log loss on a market that did not move is often
+  calibrated already, and a fitted map then only adds noise.
 
 The method is chosen by log loss on the calibration block with time-ordered cross-fitting
 (fit on one half, score on the other, both ways), so the choice is not made on the rows
@@ -93,7 +96,46 @@ class ConstantCalibrator:
         return {"method": "constant", "p": self.p}
 
 
-Calibrator = SigmoidCalibrator | IsotonicCalibrator | ConstantCalibrator
+@dataclass
+class IdentityCalibrator:
+    method: str = "identity"
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> IdentityCalibrator:
+        return self
+
+    def transform(self, p_raw: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(p_raw, dtype=np.float64), EPS, 1 - EPS)
+
+    def to_dict(self) -> dict:
+        return {"method": "identity"}
+
+
+@dataclass
+class RevisedCalibrator:
+    """A recalibration revision (ml.recalibrate): ``p = 1 / (1 + exp(-(a * logit(base(p_raw)) + b)))``
+    on top of the calibrator the model was trained with (``base``, never itself a revision,
+    so revisions do not nest). ``a = 1`` is a pure shift of the base rate."""
+
+    base: SigmoidCalibrator | IsotonicCalibrator | ConstantCalibrator | IdentityCalibrator
+    a: float = 1.0
+    b: float = 0.0
+    method: str = "revised"
+
+    def transform(self, p_raw: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.a * _logit(self.base.transform(p_raw)) + self.b)))
+
+    def to_dict(self) -> dict:
+        return {"method": "revised", "a": self.a, "b": self.b, "base": self.base.to_dict()}
+
+
+Calibrator = SigmoidCalibrator | IsotonicCalibrator | ConstantCalibrator | IdentityCalibrator | RevisedCalibrator
+
+
+def has_no_ranking(cal: Calibrator) -> bool:
+    """Every row gets the same probability: nothing to select on."""
+    if isinstance(cal, RevisedCalibrator):
+        return cal.a == 0 or has_no_ranking(cal.base)
+    return cal.method == "constant"
 
 
 def to_json(cal: Calibrator) -> str:
@@ -102,18 +144,28 @@ def to_json(cal: Calibrator) -> str:
 
 def from_json(text: str) -> Calibrator:
     """Rebuild a calibrator from its JSON; unknown methods or shapes are refused."""
-    data = json.loads(text)
+    return _from_dict(json.loads(text))
+
+
+def _from_dict(data: dict, nested: bool = False) -> Calibrator:
+    if not isinstance(data, dict):
+        raise ValueError("a calibrator must be a JSON object")
     method = data.get("method")
+    if method == "revised" and not nested:
+        return RevisedCalibrator(_from_dict(data["base"], nested=True), float(data["a"]), float(data["b"]))
     if method == "sigmoid":
         return SigmoidCalibrator(float(data["a"]), float(data["b"]))
     if method == "constant":
         return ConstantCalibrator(float(data["p"]))
+    if method == "identity":
+        return IdentityCalibrator()
     if method == "isotonic":
         x, y = [float(v) for v in data["x"]], [float(v) for v in data["y"]]
         if len(x) != len(y) or not x:
             raise ValueError("isotonic calibrator JSON needs two arrays of the same, non-zero length")
         return IsotonicCalibrator(x, y)
-    raise ValueError(f"Unknown calibration method {method!r}; expected 'sigmoid', 'isotonic' or 'constant'")
+    raise ValueError(f"Unknown calibration method {method!r}; expected 'sigmoid', 'isotonic', 'constant', 'identity' "
+                     "or 'revised' (not nested)")
 
 
 def _cross_fit_row_losses(make, p_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -126,9 +178,11 @@ def _cross_fit_row_losses(make, p_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
     return losses
 
 
-# Simplest first: a more flexible map must earn its place.
-COMPLEXITY_ORDER = ("constant", "sigmoid", "isotonic")
-MAKERS = {"sigmoid": SigmoidCalibrator, "isotonic": IsotonicCalibrator, "constant": ConstantCalibrator}
+# Simplest first: a more flexible map must earn its place. The identity fits nothing but
+# must still beat the constant (the model must show it knows more than the base rate).
+COMPLEXITY_ORDER = ("constant", "identity", "sigmoid", "isotonic")
+MAKERS = {"sigmoid": SigmoidCalibrator, "isotonic": IsotonicCalibrator, "constant": ConstantCalibrator,
+          "identity": IdentityCalibrator}
 
 
 def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
@@ -154,7 +208,7 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
     both_halves = len(np.unique(y[:half])) == 2 and len(np.unique(y[half:])) == 2
     allowed = [m for m in COMPLEXITY_ORDER if m in methods
                and (m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS)
-               and (m != "sigmoid" or slope > 0)
+               and (m not in ("sigmoid", "identity") or slope > 0)
                and (m == "constant" or both_halves)]
     losses = {m: _cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
     best = allowed[0]
@@ -169,3 +223,61 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
     elif slope <= 0:
         info["refused"] = f"sigmoid slope {slope:.3f} <= 0 would invert the model's ranking"
     return MAKERS[best]().fit(p_raw, y), info
+
+
+def _fit_shift(z: np.ndarray, y: np.ndarray, a: float = 1.0) -> float:
+    """The intercept b maximising the likelihood of ``sigmoid(a*z + b)`` (Newton's method)."""
+    b = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        step = np.sum(y - p) / max(np.sum(p * (1 - p)), 1e-12)
+        b += step
+        if abs(step) < 1e-10:
+            break
+    return float(b)
+
+
+def revise(base: Calibrator, p_raw: np.ndarray, y: np.ndarray) -> tuple[RevisedCalibrator, dict]:
+    """Refit the calibration of a promoted model on recent outcomes, keeping its ranking.
+
+    The model's ranking was validated when it was promoted; what drifts first is the base
+    rate. Two candidates on top of the training calibrator ``base``: a shift of the base
+    rate in logit space (one number: calibration-in-the-large), and a logistic
+    recalibration (slope and shift). The slope must beat the shift by two standard errors of
+    the time-ordered cross-fitted log loss, and be positive: a recalibration never
+    inverts or drops the ranking (if the ranking is gone, retrain). ``p_raw`` and ``y`` in
+    time order.
+    """
+    if isinstance(base, RevisedCalibrator):
+        base = base.base
+    p_raw, y = np.asarray(p_raw, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("the recent outcomes hold only one class: nothing to recalibrate on")
+    z = _logit(base.transform(p_raw))
+
+    def shift_fit(zz, yy):
+        return 1.0, _fit_shift(zz, yy)
+
+    def slope_fit(zz, yy):
+        if np.ptp(zz) == 0:
+            return shift_fit(zz, yy)
+        model = LogisticRegression(C=1e6, max_iter=1000).fit(zz.reshape(-1, 1), yy.astype(int))
+        return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+    half = len(y) // 2
+    losses = {}
+    for name, fit in (("shift", shift_fit), ("slope", slope_fit)):
+        row = np.empty(len(y))
+        for fit_part, score_part in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+            a, b = fit(z[fit_part], y[fit_part])
+            p = np.clip(1.0 / (1.0 + np.exp(-(a * z[score_part] + b))), EPS, 1 - EPS)
+            row[score_part] = -(y[score_part] * np.log(p) + (1 - y[score_part]) * np.log(1 - p))
+        losses[name] = row
+    a, b = slope_fit(z, y)
+    diff = losses["slope"] - losses["shift"]
+    use_slope = a > 0 and diff.mean() < -2 * diff.std() / np.sqrt(len(diff))
+    if not use_slope:
+        a, b = 1.0, _fit_shift(z, y)
+    info = {"method": "slope" if use_slope else "shift", "a": a, "b": b,
+            "cross_fit_log_loss": {k: float(v.mean()) for k, v in losses.items()}}
+    return RevisedCalibrator(base, a, b), info

@@ -225,6 +225,30 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- recalibrate
+def cmd_recalibrate(args: argparse.Namespace) -> int:
+    from ml.recalibrate import recalibrate
+
+    cfg = mlconfig.load(args.config)
+    if args.rollback:
+        from ml.registry import open_registry
+
+        strategy = args.strategy or cfg.training.strategy
+        if not strategy:
+            raise UserError("Which strategy's model? Pass --strategy MyStrategy or set ml.training.strategy.")
+        from ml.trade_labels import strategy_name
+
+        name = strategy_name(args.config, strategy)
+        entry = open_registry(cfg.registry.path).rollback_calibration(name, reason=args.reason or "")
+        print(jsonsafe.dumps({"model": name, "version": entry["id"], "decision": "rolled back",
+                              "revision": entry.get("calibration_revision")}))
+        return EXIT_OK
+    ft = freqtrade_settings(args.config)
+    summary = recalibrate(args.config, cfg, ft, args.strategy, args.now, args.dry_run)
+    print(jsonsafe.dumps(summary))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- new-strategy
 def cmd_new_strategy(args: argparse.Namespace) -> int:
     from ml.scaffold import write_gated_twin
@@ -388,6 +412,24 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--dry-run", action="store_true", help="train and score, but change nothing in the registry")
     rt.add_argument("--download", action="store_true", help="run freqtrade download-data first (needs a network)")
     rt.set_defaults(func=cmd_retrain)
+
+    rc = sub.add_parser(
+        "recalibrate",
+        help="cron job: refit only the production model's calibration on its newest resolved trades",
+        description="Refit the calibration layer of the production model on the strategy's trades of the last "
+        "ml.recalibration.window_days whose outcome is known (closed before now). The new calibrator is applied, as a "
+        "revision of the same version (sha256, event, rollback), only if it beats the current one on the newest "
+        "trades it was not fitted on; running bots hot-reload it. See docs/OPERATIONS.md.",
+    )
+    rc.add_argument("-c", "--config", default="config.json")
+    rc.add_argument("--strategy", help="the un-gated strategy class (default: ml.training.strategy)")
+    rc.add_argument("--now", help="treat this UTC date as now (default: the end of the newest stored candle); "
+                    "trades that closed at or after it are not used")
+    rc.add_argument("--dry-run", action="store_true", help="fit and compare, but change nothing in the registry")
+    rc.add_argument("--rollback", action="store_true", help="use the calibrator that was active before the current "
+                    "revision again")
+    rc.add_argument("--reason", help="why (recorded in the registry's event log)")
+    rc.set_defaults(func=cmd_recalibrate)
 
     demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
     demo.add_argument("-c", "--config", default="config.json")

@@ -83,7 +83,14 @@ class TrainingSettings(_Section):
 class GateSettings(_Section):
     ev_margin: float = Field(0.0, ge=-0.05, le=0.05)
     min_auc: float = Field(0.53, ge=0.0, le=1.0)
-    max_ece: float = Field(0.05, gt=0.0, le=1.0)
+    max_ece: float = Field(0.1, gt=0.0, le=1.0, description="A ceiling on the test ECE whatever the sample "
+                           "size; the noise band (ece_within_noise_band) is the real test.")
+    max_citl_se: float = Field(2.0, gt=0.0, description="|mean p - hit rate| on the test block must be within "
+                               "this many standard errors.")
+    max_abs_z: float = Field(2.0, gt=0.0, description="|Spiegelhalter Z| on the test block (corrected for "
+                             "overlapping trades) must be at most this.")
+    ece_within_noise_band: bool = Field(True, description="The test ECE must lie inside the 90% band a perfectly "
+                                        "calibrated forecaster shows at the same sample size.")
     min_brier_skill: float = Field(0.0, ge=-1.0, le=1.0)
     min_trades: int = Field(30, ge=0)
     min_ev_return: float = Field(0.0, ge=-1.0, le=1.0)
@@ -110,6 +117,15 @@ class RetrainSettings(_Section):
     backtest: bool = True
 
 
+class RecalibrationSettings(_Section):
+    window_days: int = Field(30, ge=1, description="Refit the calibration layer on the strategy's trades of the "
+                             "last N days whose outcome is known.")
+    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="The newest share of those trades, kept out "
+                                    "of the fit: the new calibrator is applied only if it beats the current one there.")
+    min_rows: int = Field(100, ge=20, description="Fewer resolved trades than this in the window: no recalibration.")
+    in_retrain: bool = Field(True, description="ftml retrain recalibrates the champion when it keeps it.")
+
+
 class MLConfig(_Section):
     """The whole ``"ml"`` section. Every key has a default that works."""
 
@@ -121,6 +137,7 @@ class MLConfig(_Section):
     gate: GateSettings = Field(default_factory=GateSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    recalibration: RecalibrationSettings = Field(default_factory=RecalibrationSettings)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

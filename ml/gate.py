@@ -40,6 +40,7 @@ from freqtrade.enums import RunMode
 from freqtrade.strategy import DecimalParameter
 
 from ml.bundle import outcome_returns_of
+from ml.calibration import has_no_ranking
 from ml.config import from_dict
 from ml.errors import FtmlError
 from ml.features import FeatureEngineer
@@ -56,6 +57,13 @@ GATE_PLOTS = {
     "ML probability": {"ml_proba": {"color": "blue"}, "ml_proba_short": {"color": "orange"}},
     "ML expected value": {"ml_ev": {"color": "green", "type": "bar"}, "ml_ev_short": {"color": "red", "type": "bar"}},
 }
+
+
+def _label(model: ProductionModel | None) -> str:
+    """'v3', or 'v3 (calibration r2)' when a recalibration revision is active."""
+    if model is None:
+        return "no model"
+    return f"v{model.version}" + (f" (calibration r{model.revision})" if model.revision else "")
 
 
 class MLGate:
@@ -116,7 +124,7 @@ class MLGate:
     def _refusal(self, model: ProductionModel) -> str | None:
         """Why a verified model still must not gate this strategy (None: it may)."""
         entry = model.entry
-        if model.bundle.calibrator.method == "constant":
+        if has_no_ranking(model.bundle.calibrator):
             return ("has a constant calibrator (its scores carried no information on the calibration block), so "
                     "there is nothing to select on. Retrain, or roll back to a model with a ranking")
         if entry.get("label_source") != "trades":
@@ -136,8 +144,8 @@ class MLGate:
         margin = float(self.ev_margin.value)
         evs = ", ".join(f"{side}: p*{self._outcome[side]['win']:.4f} + (1-p)*{self._outcome[side]['loss']:.4f}"
                         for side in sides)
-        logger.info("ML gate: %s v%s (trained to %s) gates %s of %s where EV > %.4f (%s).", model.name,
-                    model.version, model.train_end, "/".join(sides), self.ml_strategy, margin, evs)
+        logger.info("ML gate: %s %s (fitted to %s) gates %s of %s where EV > %.4f (%s).", model.name,
+                    _label(model), model.train_end, "/".join(sides), self.ml_strategy, margin, evs)
         if getattr(self, "can_short", False) and "short" not in sides:
             self._say(f"noshort:{model.version}", "ML gate: %s v%s saw no short trades; every short entry is "
                       "refused until a model trained on shorts is promoted.", model.name, model.version)
@@ -185,21 +193,22 @@ class MLGate:
             self._close("ML gate closed: %s was disabled by the operator (%s); no entries until `ftml registry enable "
                         "%s`. Open trades keep their exits.", self.model_name, disabled.get("reason"), self.model_name)
             return
-        if self.model is not None and production == self.model.version:
-            return  # rewritten, same production: nothing to load
+        revision = (state.get("versions", {}).get(str(production)) or {}).get("calibration_revision") or None
+        if self.model is not None and (production, revision) == (self.model.version, self.model.revision):
+            return  # rewritten, same production and calibration: nothing to load
         if production is None:
             self._close("ML gate closed: %s has no production version any more (rolled back, archived or disabled); "
                         "no entries until one is promoted. Open trades keep their exits.", self.model_name)
             return
-        old = self.model.version if self.model else None
+        old = _label(self.model)
         fresh = self._try_load()
         if fresh is None:
             self._close("ML gate closed: production of %s moved to v%s, which cannot be loaded (see above); no "
-                        "entries, v%s is NOT traded any more. Open trades keep their exits.", self.model_name,
+                        "entries, %s is NOT traded any more. Open trades keep their exits.", self.model_name,
                         production, old)
             return
         self._use(fresh)
-        logger.info("ML gate: switched %s from v%s to v%s without a restart.", self.model_name, old, fresh.version)
+        logger.info("ML gate: switched %s from %s to %s without a restart.", self.model_name, old, _label(fresh))
 
     # ------------------------------------------------------------------ freqtrade hooks
     def populate_indicators(self, dataframe: pd.DataFrame, metadata: dict) -> pd.DataFrame:

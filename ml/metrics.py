@@ -263,9 +263,20 @@ def evaluate(y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, realised: np.n
         "ev_gate": ev_gate_simulation(p_cal, realised, outcome["win"], outcome["loss"], margin,
                                       times, trade_end, pairs),
     }
-    if citl_se is not None:
-        report["calibrated"]["calibration_in_the_large_se"] = max(
-            report["calibrated"]["calibration_in_the_large_se"], citl_se)
+    cal = report["calibrated"]
+    if citl_se is not None and np.isfinite(citl_se):
+        # Neighbouring trades share the market's moves, so the block has fewer independent
+        # rows than it holds. The bootstrap / textbook ratio of the calibration-in-the-large
+        # SE measures that (a design effect): Z is divided by it and the ECE band widened
+        # by it, as if the block held n / factor^2 independent rows.
+        textbook = cal["calibration_in_the_large_se"]
+        factor = max(1.0, citl_se / textbook) if textbook > 0 else 1.0
+        cal["calibration_in_the_large_se"] = max(textbook, citl_se)
+    else:
+        factor = 1.0
+    cal["dependence_factor"] = factor
+    cal["spiegelhalter_z_effective"] = cal["spiegelhalter_z"] / factor
+    cal["ece_noise_band_90_effective"] = [v * factor for v in cal["ece_noise_band_90"]]
     report["verdict"] = edge_verdict(report, min_trades)
     return report
 

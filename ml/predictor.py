@@ -19,7 +19,14 @@ import pandas as pd
 
 from ml.bundle import Bundle, load_bundle
 from ml.features import FeatureEngineer
-from ml.registry import IntegrityError, Registry, RegistryError, open_registry
+from ml.registry import (
+    IntegrityError,
+    Registry,
+    RegistryError,
+    calibrator_file,
+    guard_end,
+    open_registry,
+)
 from ml.smoke import smoke_test
 
 
@@ -99,14 +106,14 @@ class ProductionModel:
                 f"Refusing {name} v{entry['id']}: trained on feature set {entry.get('feature_set_id')}, the "
                 f"strategy computes {engineer.feature_set_id}: {describe_mismatch(entry, engineer)}"
             )
-        train_end = parse_train_end(entry.get("train_end"))
+        train_end = parse_train_end(guard_end(entry))
         if train_end is None:
             raise IntegrityError(f"Refusing {name} v{entry['id']}: train_end {entry.get('train_end')!r} is not a "
                                  "timezone-aware date, so the in-sample guard could not work; re-register the model.")
         why = smoke_test(registry.version_dir(entry), entry["files"], registry.root)
         if why:
             raise IntegrityError(f"Refusing {name} v{entry['id']}: {why}")
-        bundle = load_bundle(registry.version_dir(entry))
+        bundle = load_bundle(registry.version_dir(entry), calibrator_file(entry))
         if bundle.feature_set_id != entry.get("feature_set_id"):
             raise IntegrityError(f"Refusing {name} v{entry['id']}: bundle.json and registry.json disagree "
                                  "on the feature set")
@@ -124,8 +131,14 @@ class ProductionModel:
 
     @property
     def train_end(self) -> pd.Timestamp:
-        """The newest candle the model or calibrator was fitted on (checked at load)."""
-        return parse_train_end(self.entry["train_end"])
+        """The newest candle the model or its active calibrator was fitted on (checked at load):
+        a recalibration revision moves it to the end of its fit window."""
+        return parse_train_end(guard_end(self.entry))
+
+    @property
+    def revision(self) -> int | None:
+        """The active calibration revision (None: the calibrator the model was trained with)."""
+        return self.entry.get("calibration_revision") or None
 
     def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
         """Calibrated P(win) for every row of a frame that holds the feature columns.

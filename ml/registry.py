@@ -524,6 +524,60 @@ class Registry:
         # referenced version without files.
         shutil.rmtree(folder, ignore_errors=True)
 
+    # ------------------------------------------------------------------ calibration revisions
+    def add_calibration(self, name: str, version: int, calibrator_json: str, details: dict[str, Any],
+                        reason: str = "") -> dict[str, Any]:
+        """Record a refitted calibration layer as revision n of ``version`` and make it active.
+
+        The model file is untouched: only ``calibrator.r<n>.json`` is added to the version
+        folder (written before the entry that names it is committed, hashed like every other
+        file). ``details`` must hold ``fit_end``, the newest candle whose outcome the fit or
+        the decision to apply it used: the in-sample guard extends to it.
+        """
+        if not details.get("fit_end"):
+            raise RegistryError("a calibration revision needs its fit_end (the in-sample guard extends to it)")
+
+        def change(doc):
+            entry = self.version(name, version, doc)
+            if entry["status"] != "production":
+                raise RegistryError(f"{name} v{version} is {entry['status']}: only the production version is "
+                                    "recalibrated")
+            revisions = entry.setdefault("calibration_revisions", [])
+            number = len(revisions) + 1
+            rel = f"calibrator.r{number}.json"
+            target = self.safe_path(f"{entry['path']}/{rel}")
+            tmp = target.with_name(f".{rel}.{os.getpid()}.tmp")
+            tmp.write_text(calibrator_json)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            revision = {"revision": number, "file": rel, "created": _now(),
+                        "previous": entry.get("calibration_revision"), **details}
+            revisions.append(revision)
+            entry["files"][rel] = sha256_file(target)
+            entry["calibration_revision"] = number
+            self._event(doc, "recalibrate", name, version, reason, revision=number, fit_end=details["fit_end"])
+            return revision
+
+        return self._transaction(change)
+
+    def rollback_calibration(self, name: str, reason: str = "") -> dict[str, Any]:
+        """Make the production version use the calibrator that was active before the current
+        revision (the training calibrator when it was the first)."""
+
+        def change(doc):
+            entry = self.production(name, doc)
+            if entry is None:
+                raise RegistryError(f"{name} has no production version")
+            current = entry.get("calibration_revision")
+            if not current:
+                raise RegistryError(f"{name} v{entry['id']} uses its training calibrator: no revision to roll back")
+            back = active_revision(entry)["previous"]
+            entry["calibration_revision"] = back
+            self._event(doc, "recalibration-rollback", name, entry["id"], reason, revision=back, previous=current)
+            return entry
+
+        return self._transaction(change)
+
     def set_backtest(self, name: str, version: int, backtest: dict[str, Any]) -> None:
         def change(doc):
             self.version(name, version, doc)["backtest"] = backtest
@@ -534,6 +588,32 @@ class Registry:
     def history(self, name: str | None = None) -> list[dict[str, Any]]:
         events = self.read()["events"]
         return [e for e in events if name is None or e["model"] == name]
+
+
+def active_revision(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The calibration revision a version uses now (None: the calibrator it was trained with)."""
+    number = entry.get("calibration_revision")
+    if not number:
+        return None
+    for revision in entry.get("calibration_revisions") or []:
+        if revision.get("revision") == number:
+            return revision
+    raise RegistryError(f"{entry.get('name')} v{entry.get('id')}: calibration_revision {number} is not among its "
+                        "calibration_revisions; fix registry.json or roll the calibration back")
+
+
+def calibrator_file(entry: dict[str, Any]) -> str | None:
+    """The active revision's calibrator file (None: the bundle's own calibrator.json)."""
+    revision = active_revision(entry)
+    return revision["file"] if revision else None
+
+
+def guard_end(entry: dict[str, Any]) -> str | None:
+    """The newest candle any part of the version in use was fitted on: ``train_end``, or the
+    active revision's ``fit_end`` when that is later (ISO strings of aware UTC dates)."""
+    revision = active_revision(entry)
+    ends = [e for e in (entry.get("train_end"), revision and revision.get("fit_end")) if e]
+    return max(ends, key=lambda e: datetime.fromisoformat(e)) if ends else None
 
 
 def run_gates(metrics: dict[str, Any], gates, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -558,6 +638,7 @@ def run_gates(metrics: dict[str, Any], gates, backtest: dict[str, Any] | None = 
         check("min_ev_return", ev_low, gates.min_ev_return, ev_low > gates.min_ev_return
               or (num("ev_gate_trades") == 0 and gates.min_trades == 0)),
     ]
+    checks += calibration_checks(metrics, gates)
     # A model whose relation to the outcome is inverted on the calibration block (sigmoid
     # slope <= 0) has no ranking to trade on. Models from before the slope was measured
     # carry no value and are not judged on it.
@@ -569,6 +650,39 @@ def run_gates(metrics: dict[str, Any], gates, backtest: dict[str, Any] | None = 
         checks.append(check("backtest", backtest.get("summary"), backtest.get("threshold", "beats champion"),
                             backtest["passed"]))
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "time": _now()}
+
+
+def calibration_checks(metrics: dict[str, Any], gates) -> list[dict[str, Any]]:
+    """Calibration judged against what noise alone does at the test block's size.
+
+    A fixed ECE threshold is too strict on a small block (a perfect forecaster shows ECE
+    > 0) and too lax on a large one, and it misses a shift of every probability by the
+    same amount (base-rate drift). So: calibration-in-the-large within ``max_citl_se``
+    standard errors, |Spiegelhalter Z| within ``max_abs_z``, and the ECE inside the noise
+    band of the same n; Z and the band carry the correction for overlapping trades
+    (``dependence_factor``). Metrics recorded before a figure existed are not judged on it.
+    """
+    def num(key):
+        value = metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    checks = []
+    citl, se = num("calibration_in_the_large"), num("calibration_in_the_large_se")
+    if citl is not None and se:
+        ratio = abs(citl) / se
+        checks.append({"name": "calibration_in_the_large", "value": f"{citl:+.4f} = {ratio:.2f} SE",
+                       "threshold": f"<= {gates.max_citl_se} SE", "passed": ratio <= gates.max_citl_se})
+    z = num("spiegelhalter_z_effective")
+    z = z if z is not None else num("spiegelhalter_z")
+    if z is not None:
+        checks.append({"name": "spiegelhalter_z", "value": z, "threshold": f"|Z| <= {gates.max_abs_z}",
+                       "passed": abs(z) <= gates.max_abs_z})
+    band = metrics.get("ece_noise_band_90_effective") or metrics.get("ece_noise_band_90")
+    ece = num("ece")
+    if gates.ece_within_noise_band and ece is not None and isinstance(band, list) and len(band) == 2:
+        checks.append({"name": "ece_noise_band", "value": ece, "threshold": f"<= {float(band[1]):.4f} (90% band of "
+                       "a calibrated forecaster at this n)", "passed": ece <= float(band[1])})
+    return checks
 
 
 def _read_manifest(bundle_dir: Path) -> dict[str, Any]:

@@ -41,6 +41,24 @@ class Outcome(_Loose):
     loss: StrictFloat | StrictInt
 
 
+class Revision(_Loose):
+    revision: StrictInt
+    file: StrictStr = Field(pattern=r"^calibrator\.r[0-9]+\.json$")  # a plain name inside the version folder
+    fit_end: StrictStr
+    previous: StrictInt | None = None
+
+    @field_validator("fit_end")
+    @classmethod
+    def _aware(cls, value: str) -> str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"fit_end {value!r} is not an ISO date") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"fit_end {value!r} has no timezone")
+        return value
+
+
 class Version(_Loose):
     id: StrictInt
     name: StrictStr
@@ -59,6 +77,8 @@ class Version(_Loose):
     sides: list[Literal["long", "short"]] = Field(default_factory=lambda: ["long"])
     gates: dict[StrictStr, Any] | None = None
     backtest: dict[StrictStr, Any] | None = None
+    calibration_revision: StrictInt | None = None  # the active recalibration (None: the training calibrator)
+    calibration_revisions: list[Revision] = Field(default_factory=list)
 
     @field_validator("train_end")
     @classmethod
@@ -118,6 +138,14 @@ def problems(doc: Any) -> list[str]:
         for key, version in model.versions.items():
             if key != str(version.id) or version.name != name:
                 found.append(f"models.{name}.versions.{key}: holds id {version.id} of model {version.name!r}")
+            numbers = [r.revision for r in version.calibration_revisions]
+            if version.calibration_revision is not None and version.calibration_revision not in numbers:
+                found.append(f"models.{name}.versions.{key}.calibration_revision: {version.calibration_revision} is "
+                             "not among its calibration_revisions")
+            for revision in version.calibration_revisions:
+                if revision.file not in version.files:
+                    found.append(f"models.{name}.versions.{key}: calibration revision {revision.revision}'s file "
+                                 f"{revision.file} has no sha256 in files")
         if model.production is not None:
             entry = model.versions.get(str(model.production))
             if entry is None:

@@ -61,6 +61,7 @@ def simulate(
     trend: float = 0.0,
     trend_at: int | None = None,
     below_only: bool = False,
+    trend_ramp: int = 0,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """One pair's candles plus the planted score ``-z_t`` (zero on a null market).
 
@@ -74,7 +75,8 @@ def simulate(
     recover, whatever the strategy's own entry rule is. The returned score does not include it.
     ``trend`` / ``trend_at``: from that candle on, add ``trend`` volatilities per candle (a
     bear market when negative): every long trade's win rate falls, the base-rate drift a
-    calibrator fitted on an older block gets wrong.
+    calibrator fitted on an older block gets wrong. With ``trend_ramp`` the trend grows
+    linearly to full size over that many candles (a drift, not a jump).
     ``below_only``: the planted reversion acts only below the EMA (after a fall), so longs
     opened after a dip have an edge and shorts opened after a spike have none: a market
     where only one side is predictable.
@@ -102,7 +104,8 @@ def simulate(
     if flip_at is not None:
         drift[flip_at:] *= -1.0  # the regime change reverses the intraday edge too
     if trend_at is not None:
-        drift[trend_at:] += trend
+        ramp = np.minimum(1.0, np.arange(1, candles - trend_at + 1) / max(trend_ramp, 1)) if trend_at < candles else 0.0
+        drift[trend_at:] += trend * ramp
     log_ret, score = _run_process(shocks, vol_season, kappa, sigma, drift, below_only)
 
     price0 = start_price if start_price is not None else 10 ** rng.uniform(-3, 2)

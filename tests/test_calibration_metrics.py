@@ -59,11 +59,22 @@ def test_isotonic_needs_1000_rows_and_round_trips_json():
 def test_choice_is_cross_fitted_and_small_blocks_get_sigmoid():
     _, p_raw, y = miscalibrated(1500)
     cal, info = calibration.choose_and_fit(p_raw, y)
-    assert info["method"] == "sigmoid" and set(info["cross_fit_log_loss"]) == {"sigmoid", "constant"}
+    assert info["method"] == "sigmoid" and set(info["cross_fit_log_loss"]) == {"sigmoid", "identity", "constant"}
     _, p_raw, y = miscalibrated(6000)
     cal, info = calibration.choose_and_fit(p_raw, y)
-    assert set(info["cross_fit_log_loss"]) == {"sigmoid", "isotonic", "constant"}
-    assert cal.method == info["method"] != "constant"
+    assert set(info["cross_fit_log_loss"]) == {"sigmoid", "isotonic", "constant", "identity"}
+    assert cal.method == info["method"] not in ("constant", "identity")
+
+
+def test_a_model_that_is_calibrated_already_keeps_its_own_probabilities():
+    """Fitting a map onto calibrated scores only adds noise: the identity (nothing fitted)
+    must win unless a sigmoid beats it by two standard errors."""
+    p_true = RNG.uniform(0.2, 0.8, 4000)
+    y = (RNG.random(4000) < p_true).astype(int)
+    cal, info = calibration.choose_and_fit(p_true, y)
+    assert info["method"] == "identity"
+    assert np.array_equal(cal.transform(p_true), np.clip(p_true, calibration.EPS, 1 - calibration.EPS))
+    assert calibration.from_json(calibration.to_json(cal)).method == "identity"
 
 
 def test_scores_without_information_get_the_constant_calibrator():
@@ -172,3 +183,48 @@ def test_edge_verdict_needs_auc_skill_and_profitable_gated_trades():
     assert edge_verdict(fake, min_trades=30)["label"] == "no edge"
     fake["ev_gate"]["gated"]["trades"] = 100
     assert edge_verdict(fake, min_trades=30)["label"] == "edge"
+
+
+def _gate_metrics(y, p, seed=0):
+    """The stored headline metrics of a test block (as train writes them) for forecasts p."""
+    from ml.train import _headline
+
+    rng = np.random.default_rng(seed)
+    times = np.datetime64("2024-01-01T00:00") + np.arange(len(y)) * np.timedelta64(1, "h")
+    realised = np.where(y == 1, 0.02, -0.02) + rng.normal(0, 0.001, len(y))
+    report = evaluate(y, p, p, realised, {"win": 0.02, "loss": -0.02}, 0.0, times, np.timedelta64(4, "h"),
+                      times + np.timedelta64(4, "h"), np.array(["A/B"] * len(y)))
+    return _headline(report)
+
+
+def test_calibration_gates_refuse_a_shifted_forecaster_like_the_old_demo_model():
+    """The old demo model: mean p 0.492 against a hit rate of 0.461, ECE 0.034 against a
+    noise band up to 0.018, Z = -4.8; the fixed max_ece of 0.05 let it through. A forecaster
+    whose probabilities are all 0.03 too high must fail the calibration-in-the-large, Z and
+    noise-band gates even where its ECE is under the fixed ceiling; the same forecaster
+    without the shift passes them."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    p_true = rng.uniform(0.15, 0.45, n)  # trades' win rates sit below 0.5; near 0.5, Z is blind to a shift
+    y = (rng.random(n) < p_true).astype(float)
+    names = {"calibration_in_the_large", "spiegelhalter_z", "ece_noise_band"}
+    shifted = run_gates(_gate_metrics(y, np.clip(p_true + 0.04, 0, 1)), GateSettings())
+    failed = {c["name"] for c in shifted["checks"] if not c["passed"]}
+    assert names <= failed, shifted["checks"]
+    assert next(c for c in shifted["checks"] if c["name"] == "max_ece")["passed"]  # the old gate was blind to it
+    honest = run_gates(_gate_metrics(y, p_true), GateSettings())
+    assert not names & {c["name"] for c in honest["checks"] if not c["passed"]}, honest["checks"]
+
+
+def test_the_old_demo_models_recorded_metrics_fail_the_calibration_gates():
+    metrics = {"ece": 0.034, "ece_noise_band_90": [0.008, 0.018], "calibration_in_the_large": 0.031,
+               "calibration_in_the_large_se": 0.0066, "spiegelhalter_z": -4.8}
+    checks = {c["name"]: c for c in run_gates(metrics, GateSettings())["checks"]}
+    assert not checks["calibration_in_the_large"]["passed"] and "4.70 SE" in checks["calibration_in_the_large"]["value"]
+    assert not checks["spiegelhalter_z"]["passed"] and not checks["ece_noise_band"]["passed"]
+    assert checks["max_ece"]["passed"]
+    loose = GateSettings(max_citl_se=5, max_abs_z=5, ece_within_noise_band=False)
+    assert {c["name"] for c in run_gates(metrics, loose)["checks"]} >= {"spiegelhalter_z"}
+    assert all(c["passed"] for c in run_gates(metrics, loose)["checks"]
+               if c["name"] in ("calibration_in_the_large", "spiegelhalter_z"))
+    assert "ece_noise_band" not in {c["name"] for c in run_gates(metrics, loose)["checks"]}

@@ -23,7 +23,8 @@ from ml.train import train
 from tests.conftest import REPO, run_ftml, strategy_project, train_request, write_config
 from tests.test_training import PickleBomb
 
-OPEN_GATES = GateSettings(min_auc=0.0, max_ece=1.0, min_brier_skill=-1.0, min_trades=0, min_ev_return=-1.0)
+OPEN_GATES = GateSettings(min_auc=0.0, max_ece=1.0, min_brier_skill=-1.0, min_trades=0, min_ev_return=-1.0,
+                          max_citl_se=1e9, max_abs_z=1e9, ece_within_noise_band=False)
 
 
 def small_bundle(root: Path, family: str) -> Path:
