@@ -42,7 +42,7 @@ def load(folder: Path, name: str):
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = ["L0/BTC", "L1/BTC"]
+        pairs = [f"L{i}/BTC" for i in range(6)]  # enough of TrendPullback's trades to train on
         folder = make_project(Path(tmp), pairs, "1h")
         write_market(folder / "user_data" / "data" / "binance", pairs, "1h", 6000, "planted", seed=5)
         train_and_promote(folder, pairs, "20240101-20240901")

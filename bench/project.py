@@ -22,7 +22,10 @@ def make_project(folder: Path, pairs: list[str], timeframe: str, stake: str = "B
     cfg["exchange"]["pair_whitelist"] = pairs
     cfg["ml"]["tracking"] = {"mode": "disabled"}
     cfg["ml"]["registry"] = {"path": str(folder / "registry")}
-    cfg["ml"]["training"] = {"strategy": "TrendPullback", "trials": 2, "families": ["lightgbm"], "min_samples": 200}
+    # Two folds: a benchmark needs a working model, not a tuned one, and some projects here
+    # hold only a few hundred of the strategy's trades.
+    cfg["ml"]["training"] = {"strategy": "TrendPullback", "trials": 2, "families": ["lightgbm"], "min_samples": 200,
+                             "folds": 2}
     if higher_timeframes is not None:
         cfg["ml"]["features"] = {"higher_timeframes": higher_timeframes}
     folder.mkdir(parents=True, exist_ok=True)

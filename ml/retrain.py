@@ -6,7 +6,8 @@
 2. ``--download``: freqtrade download-data first; without a network it says so once and
    goes on with the candles on disk.
 3. Window: the most recent ``retrain.window_days`` of candles, starting after the
-   champion's ``train_end`` + embargo, so neither model was trained or calibrated on it.
+   champion's ``train_end`` (or its active recalibration's ``fit_end``, if later) + embargo,
+   so neither model was trained or calibrated on it.
 4. Drift of the champion (``ml.drift``); with ``retrain.when = drift_or_age`` a stable,
    young champion is kept without training (decision "skipped").
 5. Challenger: ``ml.train`` on the ``retrain.train_days`` before the window.
@@ -17,6 +18,9 @@
    backtest gate) and beats the champion (window log loss by ``min_logloss_gain`` and
    backtest profit). Otherwise it is registered as ``failed`` with the reasons. An empty
    registry promotes a challenger that passes the gates.
+8. A champion that stays (kept or skipped) is recalibrated (``ml.recalibrate``, unless
+   ``recalibration.in_retrain`` is off): its calibration layer refitted on the newest
+   resolved trades, applied only where it beats the current one.
 
 Output: one JSON line on stdout, a log file ``user_data/logs/retrain.log``, a W&B run.
 Exit 0 for promoted / kept / skipped / locked; non-zero only for errors.
@@ -48,7 +52,14 @@ from ml.config import ConfigError, MLConfig, from_dict
 from ml.data import DataError, candle_dates
 from ml.dataset import build_trade_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate
-from ml.registry import ProductionMoved, RegistryError, open_registry, pid_alive, run_gates
+from ml.registry import (
+    ProductionMoved,
+    RegistryError,
+    guard_end,
+    open_registry,
+    pid_alive,
+    run_gates,
+)
 from ml.storage import redacted_settings
 from ml.train import TrainRequest, per_row_outcomes, train
 
@@ -221,7 +232,9 @@ class Retrain:
         step = pd.Timedelta(self.ft["timeframe"])
         start = end - pd.Timedelta(days=self.cfg.retrain.window_days)
         if champion:
-            start = max(start, pd.Timestamp(champion["train_end"]) + step * self.cfg.training.embargo)
+            # After the champion's training *and* its active recalibration: a calibrator
+            # fitted on the window's outcomes would score itself.
+            start = max(start, pd.Timestamp(guard_end(champion)) + step * self.cfg.training.embargo)
         summary: dict[str, Any] = {"model": self.name, "dry_run": self.dry_run, "champion": champion and champion["id"],
                                    "challenger": None, "window": [str(start), str(end)], "notes": self.notes}
         drift = None
@@ -317,7 +330,24 @@ class Retrain:
                 decision = "kept" if summary["champion"] else "not promoted"
         return self._finish(summary, decision, reasons)
 
+    def _recalibrate_champion(self, summary: dict[str, Any], decision: str) -> None:
+        """A kept champion gets its calibration refitted on the newest resolved trades
+        (``ml.recalibrate``): the base rate moves faster than the ranking goes stale."""
+        if decision not in ("kept", "skipped") or not summary.get("champion") or self.dry_run \
+                or not self.cfg.recalibration.in_retrain:
+            return
+        from ml.recalibrate import recalibrate
+
+        try:
+            result = self._timed("recalibrate", recalibrate, self.config_path, self.cfg, self.ft, self.strategy)
+        except Exception as err:  # noqa: BLE001 - the round's decision stands; say why recalibration did not run
+            logger.warning("Recalibration of the champion failed: %s", err)
+            result = {"decision": "error", "reasons": [str(err).splitlines()[0] if str(err) else type(err).__name__]}
+        summary["recalibration"] = {k: result.get(k) for k in ("decision", "reasons", "method", "new_revision",
+                                                               "resolved_rows", "log_loss", "fit_end") if k in result}
+
     def _finish(self, summary, decision, reasons) -> dict[str, Any]:
+        self._recalibrate_champion(summary, decision)
         summary.update(decision=decision, reasons=reasons, durations=self.timings,
                        seconds=round(time.perf_counter() - self.started, 1))
         return summary

@@ -82,6 +82,17 @@ def test_second_run_on_the_same_data_keeps_the_champion(planted):
     # Trained on the same data, the challenger is no better: its paired gain is noise.
     assert second["scores"]["gain"]["mean"] <= 2 * second["scores"]["gain"]["se"]
     assert second["drift"]["max_psi"] >= 0
+    # The kept champion's calibration is refitted on its newest resolved trades (or kept,
+    # with the reason, when the refit does not beat it on the newest ones).
+    recal = second["recalibration"]
+    assert recal["decision"] in ("applied", "kept"), recal
+    assert recal["resolved_rows"] >= 100 and recal["log_loss"]["current"] > 0
+    champion = reg.production("TrendPullback")
+    assert (champion.get("calibration_revision") == 1) == (recal["decision"] == "applied")
+    if recal["decision"] == "applied":
+        # Later runs of this module expect the champion as trained (a revision moves the
+        # start of the scoring window to its fit_end): roll the calibration back.
+        assert reg.rollback_calibration("TrendPullback", "test")["calibration_revision"] is None
 
 
 def test_dry_run_changes_nothing_and_download_without_network_goes_on(planted):

@@ -114,19 +114,68 @@ def test_in_sample_guard_blocks_training_candles_and_says_so(planted):
     assert "In-sample guard:" in log and "no entries there" in log
 
 
-def test_lookahead_and_recursive_analysis_of_gated_strategies(planted):
+def add_revision(store: Path, fit_end: str, a: float = 1.0, b: float = 0.0) -> dict:
+    """A calibration revision of the production model (as ftml recalibrate records one)."""
+    reg = open_registry(store)
+    entry = reg.production(MODEL)
+    base = json.loads((store / entry["path"] / "calibrator.json").read_text())
+    text = json.dumps({"method": "revised", "a": a, "b": b, "base": base})
+    return reg.add_calibration(MODEL, entry["id"], text, {"fit_end": fit_end}, reason="test")
+
+
+def test_lookahead_and_recursive_analysis_of_gated_strategies(planted, tmp_path):
+    """With a recalibrated model: the revision's calibrator is what scores the candles."""
+    store = tmp_path / "registry"
+    shutil.copytree(planted / "registry", store)
+    add_revision(store, "2025-05-20T00:00:00+00:00", a=1.1, b=0.05)
+    cfg = json.loads((planted / "config.json").read_text())
+    cfg["ml"]["registry"] = {"path": str(store)}
+    (tmp_path / "recalibrated.json").write_text(json.dumps(cfg))
+    config = str(tmp_path / "recalibrated.json")
     for name in ("TrendPullbackML",):
-        done = run_ftml("freqtrade", "--offline", "lookahead-analysis", "-c", "config.json", "--strategy", name,
+        done = run_ftml("freqtrade", "--offline", "lookahead-analysis", "-c", config, "--strategy", name,
                         "--timerange", "20250601-20250901", "--minimum-trade-amount", "10",
                         "--targeted-trade-amount", "20", cwd=planted)
         assert done.returncode == 0, done.stderr[-3000:]
         row = next(ln for ln in done.stdout.splitlines() if f"{name}.py │" in ln)
         cells = [c.strip() for c in row.split("│")[1:-1]]
         assert cells[2] == "No" and cells[4] == "0" and cells[5] == "0" and cells[6] == "", cells
-        done = run_ftml("freqtrade", "--offline", "recursive-analysis", "-c", "config.json", "--strategy", name,
+        assert "(calibration r1)" in done.stdout + done.stderr  # the revision was in use
+        done = run_ftml("freqtrade", "--offline", "recursive-analysis", "-c", config, "--strategy", name,
                         "--timerange", "20250601-20250701", "--pairs", "P0/BTC", cwd=planted)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "No lookahead bias on indicators found" in done.stdout + done.stderr
+
+
+def test_a_calibration_revision_is_hot_reloaded_and_moves_the_in_sample_guard(planted, tmp_path, caplog):
+    store = tmp_path / "registry"
+    shutil.copytree(planted / "registry", store)
+    strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
+    first = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
+    p_old = first["ml_proba"].iloc[-1]
+    assert strategy.model.revision is None and 0 < p_old < 1
+    # A revision that shifts the base rate up by 1 in logit: every probability rises.
+    add_revision(store, "2025-06-30T00:00:00+00:00", b=1.0)
+    nxt = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 01:00"), {"pair": "P1/BTC"})
+    assert strategy.model.version == 1 and strategy.model.revision == 1
+    p_new = nxt["ml_proba"].iloc[-2]  # the same candle as p_old, scored by the revision
+    assert p_new == pytest.approx(1 / (1 + (1 - p_old) / p_old * np.exp(-1.0)), abs=1e-4)
+    assert "(calibration r1)" in caplog.text
+    # The guard now covers the revision's fit window: candles up to its fit_end + embargo.
+    assert strategy.model.train_end == pd.Timestamp("2025-06-30", tz="UTC")
+    assert nxt.loc[nxt["date"] <= pd.Timestamp("2025-06-30 12:00", tz="UTC"), "ml_blocked"].all()
+    assert not nxt["ml_blocked"].iloc[-1]
+    # Rolled back: the training calibrator again, on the next candle.
+    open_registry(store).rollback_calibration(MODEL, "test")
+    back = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 02:00"), {"pair": "P1/BTC"})
+    assert strategy.model.revision is None and back["ml_proba"].iloc[-3] == pytest.approx(p_old, abs=1e-4)
+    # A revision file changed after it was recorded: the gate closes, nothing is traded.
+    add_revision(store, "2025-06-30T00:00:00+00:00", b=0.5)
+    revision_file = store / MODEL / "v1" / "calibrator.r2.json"
+    revision_file.write_text(revision_file.read_text().replace("0.5", "5.0"))
+    closed = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01 03:00"), {"pair": "P1/BTC"})
+    assert strategy.model is None and not closed["enter_long"].fillna(0).any()
+    assert "sha256 mismatch" in caplog.text
 
 
 @pytest.mark.parametrize("breakage", ["no_model", "corrupt", "feature_mismatch", "constant", "other_strategy"])

@@ -17,11 +17,13 @@ import pytest
 from sklearn.metrics import log_loss
 
 from ml.bundle import load_bundle
-from ml.config import from_dict, load
+from ml.config import GateSettings, from_dict, load
+from ml.registry import run_gates
 from ml.splits import chronological_split, purge_gap
 from ml.synth import oracle_auc
 from ml.train import load_dataset, train
 from tests.conftest import REPO, run_ftml, strategy_project, train_request
+from tests.test_recalibration import gate_share_after_weekly_recalibration
 from tests.wandb_reader import read_run
 
 pytestmark = pytest.mark.slow
@@ -36,10 +38,13 @@ def pairs(n: int) -> list[str]:
 
 
 def run_training(root: Path, market: str, seed: int, n_pairs: int, candles: int, process=None, ml=None,
-                 **training) -> dict:
+                 timerange: str | None = None, **training) -> dict:
     strategy_project(root, pairs(n_pairs), candles, market, seed, ml={**(ml or {}), "training": {**FAST, **training}},
                      **(process or {}))
-    return train(load(root / "config.json"), train_request(root))
+    return train(load(root / "config.json"), train_request(root, timerange=timerange))
+
+
+NULL_CUT = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=6000 - 22 * 24)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
@@ -59,6 +64,14 @@ def test_null_market_reports_no_edge(tmp_path, seed):
     assert test["brier_skill"] <= 0.005
     assert test["ev_gate_trades"] <= 0.02 * test["all_signals_trades"]  # almost none
     assert summary["verdict"] == "no edge" and summary["reasons"]
+    # Nothing is promoted: the registry's gates refuse it.
+    assert not run_gates(test, GateSettings())["passed"]
+    # Recalibration never opens the gate on a market with no signal, even on a model an
+    # operator forced into production: weekly refits over the last three weeks (the test
+    # block: no fitted part saw them), each week's signals scored by the calibration then
+    # in production.
+    share = gate_share_after_weekly_recalibration(tmp_path, NULL_CUT, weeks=3)
+    assert share["taken"] <= 0.01 * share["signals"], share
 
 
 @pytest.fixture(scope="module")
