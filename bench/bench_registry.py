@@ -1,7 +1,8 @@
 """Registry operations per second: 4 processes contending on one store vs 1 process alone.
 
-Each operation is a register (copy + hash 4 small files, commit) or a forced promote, both
-under the inter-process lock with fsync + os.replace. Reference in the same run: the same
+Each operation is a register (copy + hash the bundle's small files, commit) or a forced
+promote (its smoke test in a child runs once per distinct version's bytes, then is
+remembered), both under the inter-process lock with fsync + os.replace. Reference in the same run: the same
 number of operations from a single process. Goal: contention costs no more than the
 lock's serialisation (ratio of ops/s close to 1, never a collapse).
 """
@@ -30,14 +31,21 @@ for i in range(int(sys.argv[3])):
 """
 
 
-def fake_bundle(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "model.txt").write_text("tree\n" * 2000)
-    (folder / "calibrator.json").write_text(json.dumps({"method": "sigmoid", "a": 1.0, "b": 0.0}))
-    (folder / "metrics.json").write_text(json.dumps({"auc": 0.6}))
-    (folder / "bundle.json").write_text(json.dumps({"model_name": "bench", "model_files": ["model.txt"],
-                                                    "calibrator_file": "calibrator.json", "metrics_file": "metrics.json",
-                                                    "plots": {}, "metrics": {"auc": 0.6}}))
+def small_bundle(folder: Path) -> Path:
+    """A real bundle of a small logistic model: promote smoke-tests what it makes live (it
+    loads and predicts in a child process), so a fake model file would be refused."""
+    import numpy as np
+
+    from ml.bundle import save_bundle
+    from ml.calibration import SigmoidCalibrator
+    from ml.models import FAMILIES
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(500, 8)), rng.integers(0, 2, 500)
+    model = FAMILIES["logistic"].fit({"C": 1.0}, X, y, X, y, 1, 0)
+    save_bundle(folder, model, SigmoidCalibrator(), {"model_name": "bench", "feature_names": [f"f{i}" for i in range(8)],
+                                                     "feature_set_id": "bench", "plots": {}, "metrics": {"auc": 0.6},
+                                                     "train_end": "2024-01-01T00:00:00+00:00"}, {"auc": 0.6})
     return folder
 
 
@@ -54,7 +62,7 @@ def ops_per_second(store: Path, bundle: Path, processes: int, ops_each: int) -> 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle = fake_bundle(tmp / "bundle")
+        bundle = small_bundle(tmp / "bundle")
         alone = ops_per_second(tmp / "alone", bundle, 1, PROCESSES * OPS_PER_PROCESS)
         contended = ops_per_second(tmp / "contended", bundle, PROCESSES, OPS_PER_PROCESS)
         doc = json.loads((tmp / "contended" / "registry.json").read_text())

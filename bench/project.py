@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_project(folder: Path, pairs: list[str], timeframe: str, stake: str = "BTC",
-                 higher_timeframes: list[str] | None = None) -> Path:
+                 higher_timeframes: list[str] | None = None, strategy: str = "TrendPullback") -> Path:
     cfg = json.loads((ROOT / "config.json").read_text())
     cfg.update(strategy_path=str(ROOT / "strategies"), user_data_dir=str(folder / "user_data"), timeframe=timeframe,
                max_open_trades=len(pairs), stake_currency=stake)
@@ -24,7 +24,7 @@ def make_project(folder: Path, pairs: list[str], timeframe: str, stake: str = "B
     cfg["ml"]["registry"] = {"path": str(folder / "registry")}
     # Two folds: a benchmark needs a working model, not a tuned one, and some projects here
     # hold only a few hundred of the strategy's trades.
-    cfg["ml"]["training"] = {"strategy": "TrendPullback", "trials": 2, "families": ["lightgbm"], "min_samples": 200,
+    cfg["ml"]["training"] = {"strategy": strategy, "trials": 2, "families": ["lightgbm"], "min_samples": 200,
                              "folds": 2}
     if higher_timeframes is not None:
         cfg["ml"]["features"] = {"higher_timeframes": higher_timeframes}
