@@ -18,6 +18,7 @@ backtests, synthetic data), which each run replaces whole, so a second run start
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -142,6 +144,17 @@ def _per_trade(s: dict[str, Any]) -> float | None:
     return sum(t["profit_ratio"] for t in trades) / len(trades) if trades else None
 
 
+def per_trade_difference(gated: list[float], twin: list[float]) -> dict[str, float] | None:
+    """Mean profit per trade of the gated strategy minus its twin's, with the standard error
+    of that difference (Welch: the two sets of trades have their own spreads)."""
+    if len(gated) < 2 or len(twin) < 2:
+        return None
+    g, t = np.asarray(gated, dtype=np.float64), np.asarray(twin, dtype=np.float64)
+    diff = float(g.mean() - t.mean())
+    se = float(math.sqrt(g.var(ddof=1) / len(g) + t.var(ddof=1) / len(t)))
+    return {"difference": diff, "se": se, "z": diff / se if se > 0 else float("nan")}
+
+
 def _summary(trained, gates, promoted, stats, synthetic, demo, gated, twin) -> dict[str, Any]:
     test = trained["test"]
     return {
@@ -150,13 +163,25 @@ def _summary(trained, gates, promoted, stats, synthetic, demo, gated, twin) -> d
         "bundle": trained["bundle"], "plots": str(Path(trained["bundle"]) / "plots"),
         "registry": str(demo / "registry"), "wandb": trained.get("tracking"), "backtest": str(demo / "backtest"),
         "calibration": {"auc": test["auc"], "ece": test["ece"], "ece_raw": test["ece_raw"],
-                        "ece_noise_band_90": test["ece_noise_band_90"], "mean_p": test["mean_p"],
-                        "base_rate": test["base_rate"], "brier_skill": test["brier_skill"]},
+                        "ece_noise_band_90": test.get("ece_noise_band_90_effective") or test["ece_noise_band_90"],
+                        "mean_p": test["mean_p"], "base_rate": test["base_rate"], "brier_skill": test["brier_skill"],
+                        "calibration_in_the_large": test["calibration_in_the_large"],
+                        "calibration_in_the_large_se": test["calibration_in_the_large_se"],
+                        "spiegelhalter_z": test.get("spiegelhalter_z_effective", test["spiegelhalter_z"]),
+                        "method": test.get("calibration_method")},
         "gates_passed": gates["passed"],
         "model": trained["model"], "strategies": {"gated": gated, "ungated": twin},
         "gated": {"trades": stats[gated]["total_trades"], "profit_per_trade": _per_trade(stats[gated])},
         "ungated": {"trades": stats[twin]["total_trades"], "profit_per_trade": _per_trade(stats[twin])},
+        "gated_minus_ungated": per_trade_difference([t["profit_ratio"] for t in stats[gated].get("trades", [])],
+                                                    [t["profit_ratio"] for t in stats[twin].get("trades", [])]),
     }
+
+
+def _difference(d: dict[str, float] | None) -> str:
+    if d is None:
+        return "- (too few trades)"
+    return f"{100 * d['difference']:+.2f}% ({100 * d['se']:.2f}%, {d['z']:+.1f} SE)"
 
 
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
@@ -173,9 +198,12 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         ("test AUC", f"{c['auc']:.3f}"),
         ("ECE raw -> calibrated (noise band)",
          f"{c['ece_raw']:.3f} -> {c['ece']:.3f} ({c['ece_noise_band_90'][0]:.3f}-{c['ece_noise_band_90'][1]:.3f})"),
-        ("mean p vs hit rate", f"{c['mean_p']:.3f} vs {c['base_rate']:.3f}"),
+        ("mean p vs hit rate (SE)", f"{c['mean_p']:.3f} vs {c['base_rate']:.3f} "
+                                    f"({c['calibration_in_the_large_se']:.3f})"),
+        ("Spiegelhalter Z (|Z| < 2: calibrated)", f"{c['spiegelhalter_z']:+.2f}"),
         (f"{s['strategies']['gated']}: trades, profit per trade", f"{s['gated']['trades']}, {pct(s['gated']['profit_per_trade'])}"),
         (f"{s['strategies']['ungated']}: trades, profit per trade", f"{s['ungated']['trades']}, {pct(s['ungated']['profit_per_trade'])}"),
+        ("gated - un-gated profit per trade (SE)", _difference(s["gated_minus_ungated"])),
         ("model bundle", s["bundle"]), ("plots", s["plots"]), ("registry", s["registry"]),
         ("W&B run (offline: `wandb sync` it)", str(s["wandb"])), ("backtest results", s["backtest"]),
     ]

@@ -31,5 +31,15 @@ def test_demo_runs_end_to_end_and_starts_clean_each_time(tmp_path):
     assert summary["promoted"] and summary["verdict"] == "edge"  # the planted market has one
     assert registry["models"]["TrendPullback"]["production"] == summary["production_version"] == 1
     assert summary["ungated"]["trades"] > 0  # the backtest ran
+    # The point of the product, on the demo's own strategy (meta-labelling): calibrated
+    # probabilities on the untouched test block, and a gate that improves each trade.
+    cal = summary["calibration"]
+    assert cal["ece"] <= cal["ece_noise_band_90"][1], cal  # inside the band of a calibrated forecaster
+    assert abs(cal["spiegelhalter_z"]) < 2, cal
+    assert abs(cal["calibration_in_the_large"]) <= 2 * cal["calibration_in_the_large_se"], cal
+    assert summary["gated"]["profit_per_trade"] > summary["ungated"]["profit_per_trade"]
+    difference = summary["gated_minus_ungated"]
+    assert difference["difference"] > 0 and difference["se"] > 0
+    assert "gated - un-gated profit per trade" in done.stdout
     assert list((tmp_path / "user_data" / "demo" / "backtest").glob("backtest-result-*.zip"))
     assert (tmp_path / "wandb").is_dir() and str(summary["wandb"]).startswith(str(tmp_path / "wandb"))
