@@ -123,6 +123,6 @@ def load_bundle(folder: str | Path, calibrator_file: str | None = None) -> Bundl
         raise BundleError(f"{folder / FAMILIES[manifest['family']].filename}: cannot load model: {err}") from err
     try:
         calibrator = calibration.from_json((folder / (calibrator_file or CALIBRATOR)).read_text())
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # any malformed JSON: refused
         raise BundleError(f"{folder / (calibrator_file or CALIBRATOR)}: cannot load calibrator: {err}") from err
     return Bundle(manifest, model, calibrator)

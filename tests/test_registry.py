@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ml.config import FeatureSettings, GateSettings, load
 from ml.features import FeatureEngineer
 from ml.predictor import FeatureMismatch, ProductionModel
-from ml.registry import IntegrityError, Registry, RegistryError, open_registry
+from ml.registry import IntegrityError, Registry, RegistryError, open_registry, sha256_file
 from ml.train import train
 from tests.conftest import REPO, run_ftml, strategy_project, train_request, write_config
 from tests.test_training import PickleBomb
@@ -320,3 +321,35 @@ def test_registry_cli_round_trip(tmp_path, bundle):
     assert ftml("verify").returncode == 0
     human = ftml("list")
     assert human.returncode == 0 and "production" in human.stdout
+
+
+def test_calibration_revisions_are_hashed_guarded_schema_checked_and_rolled_back(store, bundle):
+    store.register(bundle, "m")
+    store.register(bundle, "m")
+    store.promote("m", 1, force=True, reason="test")
+    base = (bundle / "calibrator.json").read_text()
+    revised = json.dumps({"method": "revised", "a": 1.0, "b": 0.3, "base": json.loads(base)})
+    with pytest.raises(RegistryError, match="only the production version"):
+        store.add_calibration("m", 2, revised, {"fit_end": "2030-01-01T00:00:00+00:00"})
+    with pytest.raises(RegistryError, match="fit_end"):
+        store.add_calibration("m", 1, revised, {})
+    revision = store.add_calibration("m", 1, revised, {"fit_end": "2030-01-01T00:00:00+00:00"}, reason="drift")
+    entry = store.version("m", 1)
+    assert revision["revision"] == 1 and revision["previous"] is None and entry["calibration_revision"] == 1
+    assert entry["files"]["calibrator.r1.json"] == sha256_file(store.root / "m" / "v1" / "calibrator.r1.json")
+    assert store.verify_version(entry) == [] and store.history("m")[-1]["action"] == "recalibrate"
+    model = ProductionModel.load(store, "m")
+    assert model.revision == 1 and model.bundle.calibrator.method == "revised"
+    assert model.train_end == pd.Timestamp("2030-01-01", tz="UTC")  # the in-sample guard moved
+    # A hand-edited pointer to a revision that does not exist is one clear error.
+    doc = json.loads(store.index.read_text())
+    doc["models"]["m"]["versions"]["1"]["calibration_revision"] = 5
+    good = store.index.read_text()
+    store.index.write_text(json.dumps(doc))
+    with pytest.raises(RegistryError, match="not among its calibration_revisions"):
+        store.read()
+    store.index.write_text(good)
+    assert store.rollback_calibration("m", "back")["calibration_revision"] is None
+    assert ProductionModel.load(store, "m").train_end == pd.Timestamp(entry["train_end"])
+    with pytest.raises(RegistryError, match="no revision to roll back"):
+        store.rollback_calibration("m")
