@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import logging
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,7 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
                             f"candles in timerange {timerange}: use a longer timerange.")
     start, end = get_timerange(trimmed)
     try:
-        results = backtesting.backtest(processed=processed, start_date=start, end_date=end)["results"]
+        results = _backtest_by_pair_groups(backtesting, processed, start, end, label_workers(len(processed)))
     except Exception as err:  # noqa: BLE001 - a strategy's own bug, or freqtrade refusing the data
         raise StrategyError(f"freqtrade's backtest of {strategy} failed: {type(err).__name__}: {_first_line(err)}") from err
     if results.empty:
@@ -237,7 +238,10 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     # Trades the engine closed only because the data ended ("force_exit" at the last
     # candle): their outcome is not known, so they are not labels.
     left_open = results["exit_reason"].astype(str) == "force_exit"
-    trades = results.loc[~left_open, TRADE_COLUMNS].sort_values("open_date", kind="stable").reset_index(drop=True)
+    # A total order (not the engine's close order), so that one process and several give
+    # the same rows in the same order.
+    trades = results.loc[~left_open, TRADE_COLUMNS].sort_values(["open_date", "pair", "is_short", "close_date"],
+                                                                kind="stable").reset_index(drop=True)
     trades["is_short"] = trades["is_short"].astype(bool)
     trades["enter_tag"] = trades["enter_tag"].astype("string")
     trades["exit_reason"] = trades["exit_reason"].astype(str)
@@ -248,6 +252,50 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
                 len(trades), int(left_open.sum()), f"; cached in {folder}" if key else "")
     return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
                     int(left_open.sum()), False, key or "", info, indicators)
+
+
+def label_workers(n_pairs: int) -> int:
+    """Processes for the label backtest: the cores this process may use, at most one per
+    pair; ``FTML_LABEL_WORKERS`` overrides (1: in this process)."""
+    from ml.models import available_cores
+
+    wanted = os.environ.get("FTML_LABEL_WORKERS")
+    cores = int(wanted) if wanted and wanted.isdigit() and int(wanted) > 0 else available_cores()
+    return max(1, min(cores, n_pairs))
+
+
+_FORKED: dict[str, Any] = {}  # what forked workers inherit: the Backtesting object and candles
+
+
+def _backtest_pairs(pairs: list[str]) -> pd.DataFrame:
+    backtesting, processed, start, end = (_FORKED[k] for k in ("backtesting", "processed", "start", "end"))
+    return backtesting.backtest(processed={p: processed[p] for p in pairs}, start_date=start, end_date=end)["results"]
+
+
+def _backtest_by_pair_groups(backtesting, processed: dict[str, pd.DataFrame], start, end,
+                             workers: int) -> pd.DataFrame:
+    """freqtrade's backtest of every pair, split over ``workers`` forked processes.
+
+    With position stacking, unlimited open trades, protections off and a wallet that never
+    runs dry, no pair's trades depend on another's, so backtesting groups of pairs apart
+    gives the same trades as one run (a test compares them). The children inherit the
+    loaded strategy and candles by fork (nothing is reloaded) and send back only their
+    trades. A strategy whose callbacks look at other pairs' open trades (a global
+    ``lock_pair('*')``, counting ``Trade.get_open_trades()``) would see only its group:
+    ``FTML_LABEL_WORKERS=1`` runs it in one process.
+    """
+    pairs = sorted(processed)
+    if workers <= 1 or len(pairs) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return backtesting.backtest(processed=processed, start_date=start, end_date=end)["results"]
+    groups = [pairs[i::workers] for i in range(workers)]
+    _FORKED.update(backtesting=backtesting, processed=processed, start=start, end=end)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_backtest_pairs, groups)
+    finally:
+        _FORKED.clear()
+    parts = [part for part in parts if not part.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TRADE_COLUMNS)
 
 
 def _chosen(frame: pd.DataFrame, engineer) -> pd.DataFrame:

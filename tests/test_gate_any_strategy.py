@@ -9,6 +9,7 @@ hours win more often; hour-of-day features can learn that from its own trades.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
 
 from ml.synth import write_market
+from ml.trade_labels import strategy_trades
 from tests.conftest import REPO, run_ftml, write_config
 
 pytestmark = pytest.mark.slow
@@ -178,7 +180,8 @@ def test_bad_strategies_are_one_line_exit_2_and_register_nothing(probe, strategy
 
 def test_training_rows_are_exactly_the_strategys_trades(probe):
     """Every row's realised return is the profit_ratio of the trade freqtrade's own CLI
-    makes from that signal candle (stacked backtest), for every row."""
+    makes from that signal candle (stacked backtest, one process), for every row, with the
+    label backtest split over three forked processes (groups of pairs)."""
     tmp_path = probe
     (tmp_path / "bt").mkdir()
     ftml_ok(tmp_path, "freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy", "LabelProbe",
@@ -196,7 +199,7 @@ def test_training_rows_are_exactly_the_strategys_trades(probe):
             "print(json.dumps({'rows': [[p, str(t), r, int(y)] for p, t, r, y in "
             "zip(d.pairs, d.times, d.realised, d.y)], 'unresolved': run.unresolved}))")
     done = __import__("subprocess").run([__import__("sys").executable, "-c", code], cwd=tmp_path, capture_output=True,
-                                        text=True, timeout=300)
+                                        text=True, timeout=300, env={**os.environ, "FTML_LABEL_WORKERS": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(done.stdout.splitlines()[-1])["rows"]
     assert len(rows) == len(freqtrade_profit) > 100
@@ -272,6 +275,16 @@ def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
     shorts, longs = trades["is_short"], ~trades["is_short"]
     assert won[shorts & hour.between(12, 17)].mean() > won[shorts & hour.between(0, 5)].mean() + 0.1
     assert won[longs & hour.between(0, 5)].mean() > won[longs & hour.between(12, 17)].mean() + 0.1
+    # Long and short, futures: one process and pairs split over three give the same trades.
+    runs = {}
+    for workers in ("1", "3"):
+        os.environ["FTML_LABEL_WORKERS"] = workers
+        try:
+            runs[workers] = strategy_trades(root / "config.json", "TwoSided", "-20241001", use_cache=False).trades
+        finally:
+            del os.environ["FTML_LABEL_WORKERS"]
+    pd.testing.assert_frame_equal(runs["1"], runs["3"])
+    assert runs["1"]["is_short"].any() and (~runs["1"]["is_short"]).any()
 
     ftml_ok(root, "new-strategy", "-c", "config.json", "--from", "TwoSided")
     ftml_ok(root, "registry", "validate", "TwoSided", "1", "-c", "config.json")
