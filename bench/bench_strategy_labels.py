@@ -2,9 +2,10 @@
 
 20 synthetic pairs x 50,000 1h candles, TrendPullback. The label backtest
 (``ml.trade_labels.strategy_trades``, no cache) runs freqtrade's engine with position
-stacking and unlimited open trades, so every signal becomes a trade; the reference is
-``freqtrade backtesting`` of the same strategy and candles (offline runner), as a user
-runs it. A second label run shows what the cache saves. Goal: ratio <= 1.5.
+stacking and unlimited open trades, so every signal becomes a trade (about 2x the trades
+of the plain run), split over one forked process per core by groups of pairs; the
+reference is ``freqtrade backtesting`` of the same strategy and candles (offline runner),
+as a user runs it (one process). A second label run shows what the cache saves. Goal: ratio <= 1.5.
 """
 
 from __future__ import annotations
