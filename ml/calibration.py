@@ -206,9 +206,17 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
     # nothing but a constant, so only the constant competes then.
     half = len(y) // 2
     both_halves = len(np.unique(y[:half])) == 2 and len(np.unique(y[half:])) == 2
+    # The identity keeps the base rate of the rows the model was fitted on. If the block
+    # already shows another one (mean p off by more than 2 SE), the market has moved since
+    # and the identity would carry the old rate forward; cross-fitting cannot see that,
+    # since a map fitted on one half pays for a drift between the halves and the identity
+    # (fitted on neither) does not.
+    identity_gap = float(p_raw.mean() - y.mean())
+    identity_ok = abs(identity_gap) <= 2 * np.sqrt(np.sum(p_raw * (1 - p_raw))) / len(p_raw)
     allowed = [m for m in COMPLEXITY_ORDER if m in methods
                and (m != "isotonic" or len(p_raw) // 2 >= MIN_ISOTONIC_ROWS)
                and (m not in ("sigmoid", "identity") or slope > 0)
+               and (m != "identity" or identity_ok)
                and (m == "constant" or both_halves)]
     losses = {m: _cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
     best = allowed[0]
@@ -217,7 +225,7 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
         if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
             best = method
     scores = {m: float(v.mean()) for m, v in losses.items()}
-    info = {"method": best, "cross_fit_log_loss": scores, "slope": float(slope)}
+    info = {"method": best, "cross_fit_log_loss": scores, "slope": float(slope), "identity_gap": identity_gap}
     if not both_halves:
         info["refused"] = "one half of the calibration block has a single class: only a constant can be fitted"
     elif slope <= 0:

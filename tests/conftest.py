@@ -48,6 +48,12 @@ def project(tmp_path: Path) -> Path:
 
 
 TEST_STRATEGIES = REPO / "tests" / "strategies"
+# For modules that test what a promoted model *does* (gating, hot reload, retrain decisions)
+# on a few hundred trades of one example strategy: their test blocks' hit rate moves from
+# the calibration block's by chance and drift (measured in test_strategies: mean p 0.072
+# below the hit rate, 3.5 SE, Z -3.4), which the calibration gates rightly refuse. Their
+# own tests (test_calibration_metrics, test_recalibration, the demo) hold the gates.
+CALIBRATION_GATES_OFF = {"max_ece": 0.15, "max_citl_se": 1e9, "max_abs_z": 1e9, "ece_within_noise_band": False}
 
 
 def strategy_project(root: Path, pairs: list[str], candles: int, market: str, seed: int, ml: dict | None = None,

@@ -59,10 +59,12 @@ def test_isotonic_needs_1000_rows_and_round_trips_json():
 def test_choice_is_cross_fitted_and_small_blocks_get_sigmoid():
     _, p_raw, y = miscalibrated(1500)
     cal, info = calibration.choose_and_fit(p_raw, y)
-    assert info["method"] == "sigmoid" and set(info["cross_fit_log_loss"]) == {"sigmoid", "identity", "constant"}
+    # The raw scores are off in the large (shifted): the identity does not compete.
+    assert info["method"] == "sigmoid" and set(info["cross_fit_log_loss"]) == {"sigmoid", "constant"}
+    assert abs(info["identity_gap"]) > 0.03
     _, p_raw, y = miscalibrated(6000)
     cal, info = calibration.choose_and_fit(p_raw, y)
-    assert set(info["cross_fit_log_loss"]) == {"sigmoid", "isotonic", "constant", "identity"}
+    assert set(info["cross_fit_log_loss"]) == {"sigmoid", "isotonic", "constant"}
     assert cal.method == info["method"] not in ("constant", "identity")
 
 

@@ -24,7 +24,7 @@ from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
 
 from ml.synth import write_market
 from ml.trade_labels import strategy_trades
-from tests.conftest import REPO, run_ftml, write_config
+from tests.conftest import CALIBRATION_GATES_OFF, REPO, run_ftml, write_config
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(freqtrade.__file__).parent / "templates" / "sample_strategy.py"
@@ -258,8 +258,10 @@ def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
     write_config(root / "config.json", exchange=exchange, strategy_path=str(root / "strategies"),
                  trading_mode="futures", margin_mode="isolated", stake_currency="USDT", stake_amount=10,
                  dry_run_wallet=1000, entry_pricing=pricing, exit_pricing=pricing,
+                 # Calibration gates off: this test is about the sides (measured: the test
+                 # block's mean p 0.041 below its hit rate, 2.7 SE; see CALIBRATION_GATES_OFF).
                  ml={"tracking": {"mode": "disabled"}, "registry": {"path": str(root / "registry")},
-                     "training": {"trials": 4, "families": ["lightgbm"]}})
+                     "training": {"trials": 4, "families": ["lightgbm"]}, "gate": CALIBRATION_GATES_OFF})
     write_market(root / "user_data" / "data" / "binance", FUTURES_PAIRS, "1h", 8000, "null", seed=7, hour_drift=0.5,
                  trading_mode="futures", start_price=1.0)
     trained = json.loads(ftml_ok(root, "train", "-c", "config.json", "--strategy", "TwoSided", "--timerange",

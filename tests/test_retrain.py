@@ -14,7 +14,7 @@ import pytest
 
 from ml.registry import open_registry
 from ml.synth import write_market
-from tests.conftest import REPO, write_config
+from tests.conftest import CALIBRATION_GATES_OFF, REPO, write_config
 
 pytestmark = pytest.mark.slow
 PAIRS = [f"P{i}/BTC" for i in range(8)]
@@ -25,11 +25,14 @@ SUMMARY_FIELDS = {"decision", "model", "champion", "challenger", "window", "scor
 def project(root: Path, window_days=120, train_days=240) -> Path:
     write_config(root / "config.json", max_open_trades=40,
                  exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS},
-                 # max_ece 0.1: one strategy's ~500 test trades show ECE ~0.07 (base-rate drift
-                 # between blocks); the fixed 0.05 ceiling is issue 12's to replace.
-                 ml={"tracking": {"mode": "disabled"}, "gate": {"max_ece": 0.1},
+                 # Calibration gates off: this module tests the round's decisions on one
+                 # strategy's few hundred trades (see CALIBRATION_GATES_OFF).
+                 ml={"tracking": {"mode": "disabled"}, "gate": CALIBRATION_GATES_OFF,
                      "training": {"strategy": "TrendPullback", "trials": 4, "families": ["lightgbm", "logistic"]},
-                     "retrain": {"window_days": window_days, "train_days": train_days, "strategy": "TrendPullbackML"}})
+                     "retrain": {"window_days": window_days, "train_days": train_days, "strategy": "TrendPullbackML"},
+                     # TrendPullback makes ~100 trades a month on these 8 pairs: two months
+                     # give the recalibration of a kept champion enough resolved trades.
+                     "recalibration": {"window_days": 60}})
     (root / "user_data").mkdir(exist_ok=True)
     return root
 
@@ -119,12 +122,7 @@ def test_a_regime_flip_promotes_the_challenger(tmp_path):
     # The second run's window (last 60 days) and training span (200 days before it) both lie
     # after the flip at candle 7000.
     # A stronger drift than the module's market: 200 days of one strategy's trades are few.
-    # Their ~300 test trades show ECE ~0.11 after the flip (measured), above the module's 0.1
-    # ceiling: this test is about the decision, sample-size-aware calibration gates are issue 12.
     root = project(tmp_path, window_days=60, train_days=200)
-    cfg = json.loads((root / "config.json").read_text())
-    cfg["ml"]["gate"] = {"max_ece": 0.15}
-    (root / "config.json").write_text(json.dumps(cfg))
     market(root, "planted", 7000, hour_drift=0.8)
     assert retrain(root)["decision"] == "promoted"
     market(root, "planted", 13300, flip_at=7000, hour_drift=0.8)  # new candles where the edge has reversed
