@@ -233,16 +233,20 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
     return MAKERS[best]().fit(p_raw, y), info
 
 
-def _fit_shift(z: np.ndarray, y: np.ndarray, a: float = 1.0) -> float:
-    """The intercept b maximising the likelihood of ``sigmoid(a*z + b)`` (Newton's method)."""
-    b = 0.0
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
-        step = np.sum(y - p) / max(np.sum(p * (1 - p)), 1e-12)
-        b += step
-        if abs(step) < 1e-10:
-            break
-    return float(b)
+@dataclass
+class ShiftCalibrator(SigmoidCalibrator):
+    """A sigmoid whose slope stays 1: only the base rate moves (calibration-in-the-large)."""
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> ShiftCalibrator:
+        z, y = _logit(p_raw), np.asarray(y, dtype=np.float64)
+        self.a, self.b = 1.0, 0.0
+        for _ in range(50):  # Newton's method on the one intercept
+            p = 1.0 / (1.0 + np.exp(-(z + self.b)))
+            step = float(np.sum(y - p) / max(np.sum(p * (1 - p)), 1e-12))
+            self.b += step
+            if abs(step) < 1e-10:
+                break
+        return self
 
 
 def revise(base: Calibrator, p_raw: np.ndarray, y: np.ndarray) -> tuple[RevisedCalibrator, dict]:
@@ -258,34 +262,18 @@ def revise(base: Calibrator, p_raw: np.ndarray, y: np.ndarray) -> tuple[RevisedC
     """
     if isinstance(base, RevisedCalibrator):
         base = base.base
-    p_raw, y = np.asarray(p_raw, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    y = np.asarray(y, dtype=int)
     if len(np.unique(y)) < 2:
         raise ValueError("the recent outcomes hold only one class: nothing to recalibrate on")
-    z = _logit(base.transform(p_raw))
-
-    def shift_fit(zz, yy):
-        return 1.0, _fit_shift(zz, yy)
-
-    def slope_fit(zz, yy):
-        if np.ptp(zz) == 0:
-            return shift_fit(zz, yy)
-        model = LogisticRegression(C=1e6, max_iter=1000).fit(zz.reshape(-1, 1), yy.astype(int))
-        return float(model.coef_[0, 0]), float(model.intercept_[0])
-
-    half = len(y) // 2
-    losses = {}
-    for name, fit in (("shift", shift_fit), ("slope", slope_fit)):
-        row = np.empty(len(y))
-        for fit_part, score_part in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
-            a, b = fit(z[fit_part], y[fit_part])
-            p = np.clip(1.0 / (1.0 + np.exp(-(a * z[score_part] + b))), EPS, 1 - EPS)
-            row[score_part] = -(y[score_part] * np.log(p) + (1 - y[score_part]) * np.log(1 - p))
-        losses[name] = row
-    a, b = slope_fit(z, y)
+    # Both maps act on the training calibrator's probabilities: the sigmoid's
+    # a*logit(p) + b is the logistic recalibration, the shift its a = 1 case.
+    p_base = base.transform(np.asarray(p_raw, dtype=np.float64))
+    losses = {"shift": _cross_fit_row_losses(ShiftCalibrator, p_base, y),
+              "slope": _cross_fit_row_losses(SigmoidCalibrator, p_base, y)}
+    slope = SigmoidCalibrator().fit(p_base, y)
     diff = losses["slope"] - losses["shift"]
-    use_slope = a > 0 and diff.mean() < -2 * diff.std() / np.sqrt(len(diff))
-    if not use_slope:
-        a, b = 1.0, _fit_shift(z, y)
+    use_slope = slope.a > 0 and diff.mean() < -2 * diff.std() / np.sqrt(len(diff))
+    a, b = (slope.a, slope.b) if use_slope else (1.0, ShiftCalibrator().fit(p_base, y).b)
     info = {"method": "slope" if use_slope else "shift", "a": a, "b": b,
             "cross_fit_log_loss": {k: float(v.mean()) for k, v in losses.items()}}
     return RevisedCalibrator(base, a, b), info

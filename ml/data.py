@@ -156,6 +156,16 @@ def _trim(df: pd.DataFrame, timerange: TimeRange | None) -> pd.DataFrame:
     return df[keep]
 
 
+def newest_candle(ft: dict[str, Any]) -> pd.Timestamp:
+    """The newest stored candle over the config's pairs (``ft``: ml.cli.freqtrade_settings)."""
+    ends = [dates.max() for pair in ft["pairs"]
+            if len(dates := candle_dates(ft["datadir"], pair, ft["timeframe"], ft["data_format"]))]
+    if not ends:
+        raise DataError(f"No {ft['timeframe']} candles ({ft['data_format']}) for {ft['pairs']} in {ft['datadir']}: "
+                        "download them (`ftml retrain --download` or freqtrade download-data).")
+    return pd.Timestamp(max(ends))
+
+
 def available_pairs(datadir: str | Path, timeframe: str, data_format: str = "feather") -> list[str]:
     """Pairs that have a file for ``timeframe`` in ``datadir``."""
     handler = get_datahandler(Path(datadir), data_format)

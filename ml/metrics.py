@@ -52,6 +52,12 @@ def side_outcome_returns(y: np.ndarray, realised: np.ndarray, sides: np.ndarray)
     return out
 
 
+def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Log loss of every row (for paired comparisons of two forecasts on the same rows)."""
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
 def auc_with_se(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """ROC AUC and its Hanley-McNeil standard error."""
     if len(np.unique(y)) < 2:

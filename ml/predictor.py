@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class ProductionModel:
         """The label settings the model was trained with (``min_profit``)."""
         return dict(self.entry["label"])
 
-    @property
+    @cached_property
     def train_end(self) -> pd.Timestamp:
         """The newest candle the model or its active calibrator was fitted on (checked at load):
         a recalibration revision moves it to the end of its fit window."""

@@ -35,10 +35,10 @@ import pandas as pd
 from ml import calibration
 from ml.bundle import load_bundle
 from ml.config import ConfigError, MLConfig
-from ml.data import DataError, candle_dates
+from ml.data import newest_candle
 from ml.dataset import Dataset, build_trade_dataset
 from ml.errors import FtmlError
-from ml.metrics import block_bootstrap_mean_se
+from ml.metrics import block_bootstrap_mean_se, row_log_loss
 from ml.registry import RegistryError, calibrator_file, open_registry
 
 logger = logging.getLogger("ftml.recalibrate")
@@ -57,11 +57,6 @@ def resolved(data: Dataset, start: pd.Timestamp, now: pd.Timestamp) -> np.ndarra
     return np.flatnonzero((data.times > _naive(start)) & (data.times < _naive(now)) & (data.label_end < _naive(now)))
 
 
-def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
-
-
 def split_fit_holdout(rows: Dataset, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """The newest share of the rows (by signal time) as the holdout; the older ones, minus
     those still open when the holdout starts (their outcome overlaps it), for the fit."""
@@ -78,11 +73,7 @@ def choose_now(ft: dict[str, Any], now: str | pd.Timestamp | None) -> pd.Timesta
     if now is not None:
         ts = pd.Timestamp(now)
         return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    ends = [dates.max() for pair in ft["pairs"]
-            if len(dates := candle_dates(ft["datadir"], pair, ft["timeframe"], ft["data_format"]))]
-    if not ends:
-        raise DataError(f"No {ft['timeframe']} candles for {ft['pairs']} in {ft['datadir']}: download them first.")
-    last = pd.Timestamp(max(ends)) + pd.Timedelta(ft["timeframe"])
+    last = newest_candle(ft) + pd.Timedelta(ft["timeframe"])
     return min(last, pd.Timestamp(datetime.now(UTC)))
 
 

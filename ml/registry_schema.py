@@ -41,6 +41,20 @@ class Outcome(_Loose):
     loss: StrictFloat | StrictInt
 
 
+def _aware_iso(key: str, value: str | None) -> str | None:
+    """An ISO date *with* a timezone (a naive one would make the in-sample guard compare
+    wrongly), or None."""
+    if value is None:
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{key} {value!r} is not an ISO date") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{key} {value!r} has no timezone")
+    return value
+
+
 class Revision(_Loose):
     revision: StrictInt
     file: StrictStr = Field(pattern=r"^calibrator\.r[0-9]+\.json$")  # a plain name inside the version folder
@@ -50,13 +64,7 @@ class Revision(_Loose):
     @field_validator("fit_end")
     @classmethod
     def _aware(cls, value: str) -> str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"fit_end {value!r} is not an ISO date") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"fit_end {value!r} has no timezone")
-        return value
+        return _aware_iso("fit_end", value)
 
 
 class Version(_Loose):
@@ -83,15 +91,7 @@ class Version(_Loose):
     @field_validator("train_end")
     @classmethod
     def _aware_date(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"train_end {value!r} is not an ISO date") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"train_end {value!r} has no timezone")
-        return value
+        return _aware_iso("train_end", value)
 
     @field_validator("ev_margin")
     @classmethod

@@ -49,9 +49,9 @@ from filelock import FileLock, Timeout
 from ml import jsonsafe, tracking
 from ml.bundle import load_bundle
 from ml.config import ConfigError, MLConfig, from_dict
-from ml.data import DataError, candle_dates
+from ml.data import newest_candle
 from ml.dataset import build_trade_dataset
-from ml.metrics import block_bootstrap_mean_se, evaluate
+from ml.metrics import block_bootstrap_mean_se, evaluate, row_log_loss
 from ml.registry import (
     ProductionMoved,
     RegistryError,
@@ -72,11 +72,6 @@ def _ns(ts: pd.Timestamp) -> np.datetime64:
 
 def _day(ts: pd.Timestamp) -> str:
     return f"{ts:%Y%m%d}"
-
-
-def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def paired_gain(champion_loss: np.ndarray, challenger_loss: np.ndarray, times: np.ndarray,
@@ -143,15 +138,6 @@ class Retrain:
             note = f"download failed ({why[:200]}): continuing with the candles on disk"
             logger.warning(note)
             self.notes.append(note)
-
-    def data_end(self) -> pd.Timestamp:
-        """The newest stored candle over the pairs, read in the config's data format."""
-        ends = [dates.max() for pair in self.ft["pairs"]
-                if len(dates := candle_dates(self.ft["datadir"], pair, self.ft["timeframe"], self.ft["data_format"]))]
-        if not ends:
-            raise DataError(f"No {self.ft['timeframe']} candles ({self.ft['data_format']}) for {self.ft['pairs']} in "
-                            f"{self.ft['datadir']}: download them (`ftml retrain --download` or freqtrade download-data).")
-        return pd.Timestamp(max(ends))
 
     def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
         """The rows of the window: the strategy's own trades opened in it (its label backtest
@@ -223,7 +209,7 @@ class Retrain:
     def run(self) -> dict[str, Any]:
         if self.download:
             self._timed("download", self.fetch)
-        end = self.data_end()
+        end = newest_candle(self.ft)
         doc = self.registry.read()
         champion = self.registry.production(self.name, doc) if self.name in doc["models"] else None
         if champion and (problems := self.registry.verify_version(champion)):

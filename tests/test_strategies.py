@@ -147,11 +147,7 @@ def test_lookahead_and_recursive_analysis_of_gated_strategies(planted, tmp_path)
 
 
 def test_a_calibration_revision_is_hot_reloaded_and_moves_the_in_sample_guard(planted, tmp_path, caplog):
-    store = tmp_path / "registry"
-    shutil.copytree(planted / "registry", store)
-    strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
-    first = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
-    p_old = first["ml_proba"].iloc[-1]
+    store, strategy, p_old = live_copy(planted, tmp_path)
     assert strategy.model.revision is None and 0 < p_old < 1
     # A revision that shifts the base rate up by 1 in logit: every probability rises.
     add_revision(store, "2025-06-30T00:00:00+00:00", b=1.0)
@@ -238,12 +234,18 @@ def live_frames(root: Path, pair: str, end: str, candles: int = 1200) -> pd.Data
     return full[full["date"] <= pd.Timestamp(end, tz="UTC")].tail(candles).reset_index(drop=True)
 
 
-def test_hot_reload_switches_model_on_the_next_candle(planted, tmp_path, caplog):
+def live_copy(planted: Path, tmp_path: Path) -> tuple[Path, object, float]:
+    """A copy of the planted registry, the gated strategy in dry-run on it, and its probability
+    on the candle of 2025-07-01 00:00 (P1/BTC)."""
     store = tmp_path / "registry"
     shutil.copytree(planted / "registry", store)
     strategy = load_strategy(planted, "TrendPullbackML", RunMode.DRY_RUN, registry={"path": str(store)})
     first = strategy.analyze_ticker(live_frames(planted, "P1/BTC", "2025-07-01"), {"pair": "P1/BTC"})
-    p_old = first["ml_proba"].iloc[-1]
+    return store, strategy, first["ml_proba"].iloc[-1]
+
+
+def test_hot_reload_switches_model_on_the_next_candle(planted, tmp_path, caplog):
+    store, strategy, p_old = live_copy(planted, tmp_path)
     assert 0 < p_old < 1 and strategy.model.version == 1
     # A new version whose calibrator says ~0.9 everywhere: unmistakable on the next candle.
     # (A sigmoid with a tiny slope: a *constant* calibrator is refused, it has no ranking.)
