@@ -139,6 +139,10 @@ class Retrain:
             logger.warning(note)
             self.notes.append(note)
 
+    def data_end(self) -> pd.Timestamp:
+        """The newest stored candle over the pairs, read in the config's data format."""
+        return newest_candle(self.ft)
+
     def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
         """The rows of the window: the strategy's own trades opened in it (its label backtest
         from the window's start)."""
@@ -209,7 +213,7 @@ class Retrain:
     def run(self) -> dict[str, Any]:
         if self.download:
             self._timed("download", self.fetch)
-        end = newest_candle(self.ft)
+        end = self.data_end()
         doc = self.registry.read()
         champion = self.registry.production(self.name, doc) if self.name in doc["models"] else None
         if champion and (problems := self.registry.verify_version(champion)):
