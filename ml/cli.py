@@ -100,10 +100,32 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- freqtrade
+def cmd_replay_report(args: argparse.Namespace) -> int:
+    from ml.replay_report import print_comparison, report
+
+    result = report(args.config, args.strategy, args.db)
+    if args.json:
+        print(jsonsafe.dumps(result.as_dict()))
+    else:
+        print_comparison(result)
+    return EXIT_FAILURE if result.unexplained else EXIT_OK
+
+
 def cmd_freqtrade(args: argparse.Namespace) -> int:
     from ml.offline import run_freqtrade
 
-    return run_freqtrade(args.freqtrade_args, offline=args.offline)
+    replay = None
+    if args.replay:
+        from ml.replay import ReplaySettings, parse_date, parse_replay
+
+        if not args.offline:
+            raise UserError("--replay needs --offline: the replayed exchange is the stored candles")
+        start, speed = parse_replay(args.replay)
+        until = parse_date(args.replay_until) if args.replay_until else None
+        replay = ReplaySettings(start, speed, until, args.replay_candles)
+    elif args.replay_until or args.replay_candles:
+        raise UserError("--replay-until/--replay-candles need --replay START")
+    return run_freqtrade(args.freqtrade_args, offline=args.offline, replay=replay)
 
 
 # ---------------------------------------------------------------- train
@@ -330,11 +352,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run freqtrade unchanged. With --offline, exchange markets come from "
         "user_data/markets/<exchange>.json (cached by any online run of this command), or are "
         "built from the config's pairs and data files. Example: "
-        "ftml freqtrade --offline backtesting -c config.json --strategy TrendPullback",
+        "ftml freqtrade --offline backtesting -c config.json --strategy TrendPullback. "
+        "With --replay, `trade --dry-run` runs freqtrade's real bot on the stored candles as if the time were "
+        "START (a rehearsal of a deployment): ftml freqtrade --offline --replay 20250601:20 --replay-until "
+        "20250701 trade --dry-run -c config.json --strategy TrendPullbackML; then ftml replay-report.",
     )
     ft.add_argument("--offline", action="store_true", help="no network: markets from cache or data")
+    ft.add_argument("--replay", metavar="START[:SPEED]",
+                    help="replay the stored candles from START (UTC, YYYYMMDD or YYYY-MM-DDTHH:MM) to the bot, "
+                         "SPEED candles per second of wall time (default: as fast as the bot goes)")
+    ft.add_argument("--replay-until", metavar="DATE", help="end the replay after the candle closing at DATE")
+    ft.add_argument("--replay-candles", metavar="N", type=int, help="end the replay after N candles")
     ft.add_argument("freqtrade_args", nargs=argparse.REMAINDER, help="freqtrade's arguments")
     ft.set_defaults(func=cmd_freqtrade)
+
+    rr = sub.add_parser(
+        "replay-report",
+        help="compare a finished replay's entries with a backtest over the same candles",
+        description="Read the trades of `ftml freqtrade --offline --replay ... trade --dry-run` from its database "
+        "(user_data/replay/<strategy>.sqlite), backtest the same strategy over the replay's window, and list the "
+        "entries (pair, candle, side, tag) that differ. Differences caused by an earlier exit filling on another "
+        "candle live than in the backtest are explained; any other difference exits 1.",
+    )
+    rr.add_argument("-c", "--config", default="config.json", help="freqtrade config (default: %(default)s)")
+    rr.add_argument("--strategy", help="the replayed strategy (default: the config's strategy)")
+    rr.add_argument("--db", help="the replay's sqlite file (default: user_data/replay/<strategy>.sqlite)")
+    rr.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    rr.set_defaults(func=cmd_replay_report)
 
     tr = sub.add_parser(
         "train",

@@ -85,6 +85,7 @@ class MLGate:
         self._outcome = {side: {"win": 0.0, "loss": 0.0} for side in SIDES}
         self._said: set[str] = set()
         self._last_check: pd.Timestamp | None = None
+        self._scored_by: dict[str, ProductionModel | None] = {}  # pair -> model of its newest analysis
         self._registry = open_registry(self.ml.registry.path)
         self._seen_key = stat_key(self._registry.index)
         # config.json's ml.gate.ev_margin is the default freqtrade's parameter loading starts
@@ -155,10 +156,10 @@ class MLGate:
                       "validated at %.4f; its gate results describe that margin.", margin, model.name,
                       model.version, float(scored_at))
 
-    def bot_start(self, **kwargs) -> None:
-        parent = getattr(super(), "bot_start", None)
-        if parent is not None:
-            parent(**kwargs)
+    def ft_bot_start(self, **kwargs) -> None:
+        # After freqtrade's own start (the user's bot_start, then the hyperopt parameters):
+        # ev_margin has its loaded value when the model's gate is logged.
+        super().ft_bot_start(**kwargs)  # type: ignore[misc]
         if self.ml_ungated:
             return
         model = self._try_load()
@@ -218,6 +219,7 @@ class MLGate:
         pair = metadata.get("pair", "?")
         if len(dataframe):
             self._maybe_reload(dataframe["date"].iloc[-1])
+        self._scored_by[pair] = self.model
         blocked = np.zeros(len(dataframe), dtype=bool)
         probas = {side: np.full(len(dataframe), np.nan) for side in SIDES}
         if self.model is not None:
@@ -257,6 +259,19 @@ class MLGate:
                       "%s (model %s v%s train_end + embargo): no entries there.", int(blocked.sum()), pair, limit,
                       self.model.name, self.model.version, level=logging.INFO)
         return blocked
+
+    def order_filled(self, pair: str, trade, order, current_time, **kwargs) -> None:
+        """Record on the trade which model version (and calibration revision) scored its entry:
+        ``trade.get_custom_data("ml_version")``, in the bot's database and in backtests."""
+        super().order_filled(pair=pair, trade=trade, order=order, current_time=current_time,  # type: ignore[misc]
+                             **kwargs)
+        if self.ml_ungated or order.ft_order_side != trade.entry_side or trade.get_custom_data("ml_model"):
+            return
+        model = self._scored_by.get(pair)
+        trade.set_custom_data("ml_model", _label(model))
+        if model is not None:
+            trade.set_custom_data("ml_version", int(model.version))
+            trade.set_custom_data("ml_revision", int(model.revision or 0))
 
     def populate_entry_trend(self, dataframe: pd.DataFrame, metadata: dict) -> pd.DataFrame:
         dataframe = super().populate_entry_trend(dataframe, metadata)  # type: ignore[misc]

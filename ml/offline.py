@@ -161,18 +161,28 @@ def install(offline: bool) -> None:
         Exchange.check_time_offset = lambda self: None
 
 
-class _RefusedConfig(logging.Handler):
+class _RefusedConfig:
     """Notes freqtrade's "Configuration error" log line: freqtrade then exits 0 although
-    nothing ran (seen: a 5m strategy needing more startup candles than the exchange gives)."""
+    nothing ran (seen: a 5m strategy needing more startup candles than the exchange gives,
+    a timerange freqtrade cannot parse). It wraps the ``error`` method of freqtrade's
+    logger object: freqtrade's logging setup (dictConfig) drops handlers added before it."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
         self.messages: list[str] = []
+        self._logger = logging.getLogger("freqtrade")
 
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
+    def _error(self, msg, *args, **kwargs) -> None:
+        message = str(msg) % args if args else str(msg)
         if message.startswith("Configuration error"):
             self.messages.append(message.split("\n")[0])
+        type(self._logger).error(self._logger, msg, *args, **kwargs)
+
+    def __enter__(self) -> _RefusedConfig:
+        self._logger.error = self._error  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self._logger.error
 
 
 STARTUP_HINT = (" For the gated strategies the FeatureEngineer's warm-up sets startup_candle_count: at short "
@@ -180,21 +190,28 @@ STARTUP_HINT = (" For the gated strategies the FeatureEngineer's warm-up sets st
                 "ml.features.periods.")
 
 
-def run_freqtrade(args: list[str], offline: bool) -> int:
-    """Run freqtrade's CLI in this process with the market patch; return its exit code
-    (2, with one line saying why, where freqtrade refused its configuration but exited 0)."""
+def _exit_code(freqtrade_main, args: list[str]) -> int:
+    try:
+        freqtrade_main(args)
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
+def run_freqtrade(args: list[str], offline: bool, replay=None) -> int:
+    """Run freqtrade's CLI in this process with the market patch (and, with ``replay``, the
+    replayed clock and exchange of ``ml.replay``); return its exit code (2, with one line
+    saying why, where freqtrade refused its configuration but exited 0)."""
     install(offline)
     from freqtrade.main import main as freqtrade_main
 
-    refused = _RefusedConfig()
-    logging.getLogger("freqtrade").addHandler(refused)
-    try:
-        freqtrade_main(args)
-        code: int = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        logging.getLogger("freqtrade").removeHandler(refused)
+    with _RefusedConfig() as refused:
+        if replay is not None:
+            from ml.replay import run as run_replay
+
+            code = run_replay(args, replay, lambda a: _exit_code(freqtrade_main, a))
+        else:
+            code = _exit_code(freqtrade_main, args)
     if code == 0 and refused.messages:
         hint = STARTUP_HINT if "candles to start" in refused.messages[0] else ""
         print(f"ftml: error: freqtrade refused the configuration, nothing ran: {refused.messages[0]}.{hint}",
