@@ -148,7 +148,7 @@ def cmd_enable(args) -> int:
 
 def cmd_archive(args) -> int:
     reg, _ = _registry(args)
-    return _done(args, "archive", reg.archive(args.name, args.version, reason=args.reason or ""))
+    return _done(args, "archive", reg.archive(args.name, args.version, reason=args.reason or "", force=args.force))
 
 
 def cmd_delete(args) -> int:
@@ -261,8 +261,9 @@ def add_parser(sub) -> None:
     p.add_argument("--reason", required=True, help="why (recorded in the event log)")
     p = action("enable", cmd_enable, "lift the kill switch")
     p.add_argument("--reason")
-    p = action("archive", cmd_archive, "retire a version that is not production", version=True)
+    p = action("archive", cmd_archive, "retire a version (production only with --force --reason)", version=True)
     p.add_argument("--reason")
+    p.add_argument("--force", action="store_true", help="archive the production version: its gates close")
     p = action("delete", cmd_delete, "delete a non-production version and its files", version=True)
     p.add_argument("--reason")
     action("history", cmd_history, "the event log: who did what, when and why", name_optional=True)

@@ -25,8 +25,12 @@ overrides), trained by ``ftml train --strategy MyStrategy`` on the strategy's ow
 It **fails closed**: no model, a bad checksum, a feature mismatch, a model of another
 strategy or a failing prediction mean no entries (one log line per cause) while open
 trades keep the strategy's exits. In dry-run/live it follows the registry with one stat()
-per new candle: a new production version is switched to without a restart; a version
-that cannot be loaded, a rollback to nothing or a disabled model closes the gate.
+per new candle: a new production version is switched to without a restart. A promoted
+version that cannot be loaded leaves the verified model in memory trading (an error says
+so); a rollback to a version that cannot be loaded, a rollback to nothing, archiving the
+production version or disabling the model closes the gate. Each filled entry records the
+version that scored it in the trade's custom data (``ml_model``, ``ml_version``,
+``ml_revision``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ def _label(model: ProductionModel | None) -> str:
     if model is None:
         return "no model"
     return f"v{model.version}" + (f" (calibration r{model.revision})" if model.revision else "")
+
+
+def _promoted_last(doc: dict[str, Any], name: str, version: Any) -> bool:
+    """Is the newest registry event of ``name`` a promote of ``version`` (not a rollback)?"""
+    mine = [e for e in doc.get("events", []) if e.get("model") == name]
+    return bool(mine) and mine[-1].get("action") == "promote" and mine[-1].get("version") == version
 
 
 class MLGate:
@@ -184,7 +194,8 @@ class MLGate:
             return
         self._seen_key = key
         try:
-            state = self._registry.read()["models"].get(self.model_name, {})
+            doc = self._registry.read()
+            state = doc["models"].get(self.model_name, {})
         except Exception as err:  # a corrupt or hostile registry.json must not keep a pulled model live
             self._close("ML gate closed for %s: registry.json cannot be read (%s); no entries until it is fixed. "
                         "Open trades keep their exits.", self.model_name, err)
@@ -203,6 +214,12 @@ class MLGate:
             return
         old = _label(self.model)
         fresh = self._try_load()
+        if fresh is None and self.model is not None and _promoted_last(doc, self.model_name, production):
+            # A forward promote to a version that cannot be loaded: the operator wanted a newer
+            # model, not to stop, and the one in memory was verified when it was loaded.
+            logger.error("ML gate: %s v%s was promoted but cannot be loaded (see above); still trading %s, loaded "
+                         "and verified earlier. Fix it or promote another version.", self.model_name, production, old)
+            return
         if fresh is None:
             self._close("ML gate closed: production of %s moved to v%s, which cannot be loaded (see above); no "
                         "entries, %s is NOT traded any more. Open trades keep their exits.", self.model_name,

@@ -491,11 +491,23 @@ class Registry:
 
         return self._transaction(change)
 
-    def archive(self, name: str, version: int, reason: str = "") -> dict[str, Any]:
+    def archive(self, name: str, version: int, reason: str = "", force: bool = False) -> dict[str, Any]:
+        """Retire a version. The production version only with ``force`` and a reason: the
+        model then has no production version, every gate of it closes on its next candle
+        (open trades keep their exits), and ``rollback`` can restore it."""
+        if force and not reason:
+            raise RegistryError("archiving the production version needs --reason: every gate of it closes")
+
         def change(doc):
+            model = self.model(name, doc)
             entry = self.version(name, version, doc)
             if entry["status"] == "production":
-                raise RegistryError(f"{name} v{version} is production: promote another version or roll back first")
+                if not force:
+                    raise RegistryError(f"{name} v{version} is production: promote another version, roll back, or "
+                                        "archive it with --force --reason (then no version is production and its "
+                                        "gates close)")
+                model["production"] = None
+                model["production_history"].append(version)
             entry["status"] = "archived"
             self._event(doc, "archive", name, version, reason)
             return entry

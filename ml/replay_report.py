@@ -23,6 +23,7 @@ import pandas as pd
 from ml.errors import FtmlError
 
 KEY = ["pair", "candle", "side"]
+PRICE_TOLERANCE = 1e-4  # relative: both fill at the candle's open; the bot's price is on the price grid (a tick)
 
 
 @dataclass
@@ -35,11 +36,13 @@ class ReplayComparison:
     only_replay: list[dict] = field(default_factory=list)
     only_backtest: list[dict] = field(default_factory=list)
     exits_differ: list[dict] = field(default_factory=list)
+    prices_differ: list[dict] = field(default_factory=list)  # same entry, another fill price
     models: dict[str, int] = field(default_factory=dict)  # the replay's trades per recorded model
 
     @property
     def unexplained(self) -> list[dict]:
-        return [d for d in self.only_replay + self.only_backtest if d["why"] == "unexplained"] + self.tags_differ
+        return ([d for d in self.only_replay + self.only_backtest if d["why"] == "unexplained"] + self.tags_differ
+                + self.prices_differ)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "unexplained": len(self.unexplained)}
@@ -116,6 +119,9 @@ def compare(replay: pd.DataFrame, backtest: pd.DataFrame, timeframe: str, window
             result.only_backtest.append({**entry, "why": "replay held a trade on the pair (an exit filled later)"
                                          if busy else "unexplained"})
         else:
+            if abs(row.open_rate_replay / row.open_rate_backtest - 1.0) > PRICE_TOLERANCE:
+                result.prices_differ.append({**entry, "replay": row.open_rate_replay,
+                                             "backtest": row.open_rate_backtest})
             if row.enter_tag_replay != row.enter_tag_backtest:
                 result.tags_differ.append({**entry, "replay": row.enter_tag_replay, "backtest": row.enter_tag_backtest})
             if pd.notna(row.close_date_replay) and row.exit_reason_backtest != "force_exit" and (
@@ -158,6 +164,7 @@ def print_comparison(result: ReplayComparison) -> None:
     rows = [("replay entries", result.replay_entries), ("backtest entries", result.backtest_entries),
             ("same entry (pair, candle, side)", result.matched), ("same entry, other tag", len(result.tags_differ)),
             ("only in replay", len(result.only_replay)), ("only in backtest", len(result.only_backtest)),
+            ("same entry, another fill price", len(result.prices_differ)),
             ("same entry, exit on another candle", len(result.exits_differ)),
             ("unexplained differences", len(result.unexplained))]
     for name, count in rows:
