@@ -75,7 +75,7 @@ def project(tmp_path_factory) -> Path:
           "training": {"strategy": MODEL, "trials": 4, "families": ["logistic"]},
           # Calibration gates off: this module tests the bot's mechanics (see CALIBRATION_GATES_OFF).
           "gate": {"ev_margin": 0.005, **CALIBRATION_GATES_OFF},
-          "retrain": {"window_days": 60, "train_days": 240, "strategy": "TrendPullbackML"},
+          "retrain": {"window_days": 60, "train_days": 420, "strategy": "TrendPullbackML"},
           "recalibration": {"window_days": 60}}
     write_config(root / "config.json", ml=ml, max_open_trades=50,
                  exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS})
