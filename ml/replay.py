@@ -356,7 +356,9 @@ def prepare(args: list[str], settings: ReplaySettings) -> tuple[list[str], dict[
     raw = read_json(config_path)
     config = {**freqtrade_settings(config_path), "trading_mode": raw.get("trading_mode", "spot"),
               "strategy": _arg(args, "-s", "--strategy") or raw.get("strategy", "")}
-    if _arg(args, "--db-url") is None:
+    _check_data(config, settings)
+    given = _arg(args, "--db-url")
+    if given is None:
         folder = Path(config["user_data_dir"]) / "replay"
         folder.mkdir(parents=True, exist_ok=True)
         db = folder / f"{config['strategy'] or 'replay'}.sqlite"
@@ -364,10 +366,14 @@ def prepare(args: list[str], settings: ReplaySettings) -> tuple[list[str], dict[
             db.unlink()
             logger.info("Replay: removed the previous replay database %s.", db)
         args = [*args, "--db-url", f"sqlite:///{db.resolve()}"]
+    elif given.startswith("sqlite:///") and Path(given[len("sqlite:///"):]).exists():
+        raise FtmlError(f"replay: {given} exists; a replay writes trades dated in the past, so it needs a new "
+                        "database (leave --db-url out to use user_data/replay/<strategy>.sqlite)")
     db_url = _arg(args, "--db-url") or ""
     settings.summary_path = summary_path(db_url)
+    if settings.summary_path is not None:
+        settings.summary_path.unlink(missing_ok=True)  # a stale summary would describe another run
     config["db_url"] = db_url
-    _check_data(config, settings)
     return args, config
 
 

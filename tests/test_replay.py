@@ -91,10 +91,16 @@ def replay_args(start: str, *args: str) -> list[str]:
     return ["freqtrade", "--offline", "--replay", start, *args]
 
 
-def test_replay_needs_dry_run(project):
+def test_replay_needs_dry_run_and_never_writes_into_an_existing_database(project):
     done = run_ftml(*replay_args("20250601", "--replay-candles", "5"), "trade", "-c", "config.json",
                     "--strategy", "TrendPullbackML", cwd=project)
     assert done.returncode == 2 and "needs `trade --dry-run`" in done.stderr
+    existing = project / "user_data" / "my-dry-run.sqlite"
+    existing.write_bytes(b"the user's own trades")
+    done = run_ftml(*replay_args("20250601", "--replay-candles", "5"), "trade", "--dry-run", "-c", "config.json",
+                    "--strategy", "TrendPullbackML", "--db-url", f"sqlite:///{existing}", cwd=project)
+    assert done.returncode == 2 and "needs a new database" in done.stderr
+    assert existing.read_bytes() == b"the user's own trades"
 
 
 def test_archiving_production_needs_force_and_a_reason(project, tmp_path):
