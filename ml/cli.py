@@ -43,6 +43,18 @@ def freqtrade_settings(config_path: str | Path) -> dict[str, Any]:
     }
 
 
+def timerange_arg(text: str) -> str:
+    """argparse type: a freqtrade timerange, refused with a usage line (exit 2), not a traceback."""
+    from freqtrade.configuration.timerange import TimeRange
+
+    try:
+        TimeRange.parse_timerange(text)
+    except Exception:  # noqa: BLE001 - freqtrade raises its own ConfigurationError
+        raise argparse.ArgumentTypeError(f"'{text}' is not a freqtrade timerange: use YYYYMMDD-YYYYMMDD, "
+                                         "YYYYMMDD- or -YYYYMMDD (e.g. 20240101-20250101)") from None
+    return text
+
+
 # ---------------------------------------------------------------- data check / synth
 def cmd_data_check(args: argparse.Namespace) -> int:
     from ml.data import available_pairs, load_candles
@@ -68,6 +80,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from ml.synth import write_market
+    from ml.synth_marker import MARKER
 
     ft = freqtrade_settings(args.config) if Path(args.config).exists() else {}
     datadir = Path(args.datadir or ft.get("datadir", "user_data/data/binance"))
@@ -77,7 +90,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     timeframe = args.timeframe or ft.get("timeframe", "1h")
     files = write_market(
         datadir, pairs, timeframe, args.candles, args.market, args.seed, args.start, args.flip_at,
-        hour_drift=args.hour_drift,
+        hour_drift=args.hour_drift, force=args.force,
     )
     summary = {
         "market": args.market,
@@ -87,6 +100,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         "candles": args.candles,
         "seed": args.seed,
         "files": [str(f) for f in files],
+        "marker": str(datadir / MARKER),
     }
     print(jsonsafe.dumps(summary))
     return EXIT_OK
@@ -155,9 +169,9 @@ def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlco
 def cmd_train(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ml.display import make_console
     from ml.train import TrainRequest, train
 
     cfg = training_overrides(mlconfig.load(args.config), args)
@@ -172,11 +186,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         output=Path(args.output) if args.output else user_data / "models" / cfg.model.name / stamp,
         storage=storage, study=cfg.training.study or f"{cfg.model.name}-{stamp}",
         tracking_mode=None, worker_only=args.worker_only,
+        synthetic_data=synthetic_pairs(ft["datadir"], args.pairs or ft["pairs"], ft["timeframe"], ft["data_format"]),
     )
+    if request.synthetic_data:
+        logging.getLogger("ftml.train").warning(
+            "Training on SYNTHETIC candles (written by `ftml data synth`) for %s: the metrics describe that market, "
+            "not a real one.", ", ".join(request.synthetic_data))
     if args.worker_only and not cfg.training.study:
         raise UserError("--worker-only adds trials to a shared study: name it with --study (and --storage).")
     columns = [TextColumn("Optuna trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=make_console(stderr=True), transient=True) as bar:
         task = bar.add_task("trials", total=cfg.training.trials)
         summary = train(cfg, request, progress=lambda done: bar.update(task, completed=done))
     if not args.no_register and not args.worker_only:
@@ -188,6 +207,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  "store": cfg.registry.path}
     print(jsonsafe.dumps(summary))
     return EXIT_OK
+
+
+def synthetic_pairs(datadir: Path, pairs: list[str], timeframe: str, data_format: str) -> dict[str, str]:
+    """Pair -> what wrote its candle file, for the pairs whose file ``ftml data synth`` wrote."""
+    from freqtrade.data.history import get_datahandler
+    from freqtrade.enums import CandleType
+
+    from ml.synth_marker import describe, synthetic_files
+
+    if not Path(datadir).is_dir():
+        return {}
+    handler = get_datahandler(Path(datadir), data_format)
+    names = {handler._pair_data_filename(Path(datadir), p, timeframe, CandleType.SPOT).name: p for p in pairs}
+    return {names[n]: describe(info) for n, info in synthetic_files(datadir, list(names)).items()}
 
 
 def strategy_model_name(config_path: str, cfg: mlconfig.MLConfig) -> str | None:
@@ -223,28 +256,36 @@ def _user_data_of(config_path: str) -> Path:
         return (Path(config_path).resolve().parent / "user_data").resolve()
 
 
-def cmd_retrain(args: argparse.Namespace) -> int:
-    """Every run, refused or failed too, prints one JSON line and leaves a log entry plus a
-    line in user_data/logs/retrain.jsonl: cron sends stderr to /dev/null, so a failure
-    must be visible where people look."""
-    from ml.retrain import record_run, run_retrain
+def recorded(job: str, args: argparse.Namespace, run) -> int:
+    """Run a cron job so that every run, refused or failed too, prints one JSON line and
+    leaves a line in user_data/logs/<job>.jsonl (and a failure an entry in <job>.log): cron
+    sends stderr to a file nobody reads, so a failure must be visible where people look."""
+    from ml.retrain import record_run
 
     try:
-        cfg = mlconfig.load(args.config)
-        ft = freqtrade_settings(args.config)
-        summary = run_retrain(args.config, cfg, ft, args.dry_run, args.download)
+        summary = run()
     except Exception as err:  # noqa: BLE001 - reported as a JSON line, then the usual exit code
         code = err.exit_code if isinstance(err, FtmlError) else EXIT_FAILURE
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         summary = {"decision": "error", "error": first, "exit_code": code}
         if not isinstance(err, FtmlError):
-            logging.getLogger("ftml.retrain").exception("Retrain failed")
-        record_run(_user_data_of(args.config), summary)
+            logging.getLogger(f"ftml.{job}").exception("%s failed", job.capitalize())
+        record_run(_user_data_of(args.config), summary, job)
         print(jsonsafe.dumps(summary))
         raise
-    record_run(_user_data_of(args.config), summary)
+    record_run(_user_data_of(args.config), summary, job)
     print(jsonsafe.dumps(summary))
     return EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ml.retrain import run_retrain
+
+    def run() -> dict:
+        cfg = mlconfig.load(args.config)
+        return run_retrain(args.config, cfg, freqtrade_settings(args.config), args.dry_run, args.download)
+
+    return recorded("retrain", args, run)
 
 
 # ---------------------------------------------------------------- recalibrate
@@ -265,10 +306,8 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
         print(jsonsafe.dumps({"model": name, "version": entry["id"], "decision": "rolled back",
                               "revision": entry.get("calibration_revision")}))
         return EXIT_OK
-    ft = freqtrade_settings(args.config)
-    summary = recalibrate(args.config, cfg, ft, args.strategy, args.now, args.dry_run)
-    print(jsonsafe.dumps(summary))
-    return EXIT_OK
+    return recorded("recalibrate", args, lambda: recalibrate(args.config, cfg, freqtrade_settings(args.config),
+                                                              args.strategy, args.now, args.dry_run))
 
 
 # ---------------------------------------------------------------- new-strategy
@@ -314,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--datadir", help="data directory (default: from the config)")
     check.add_argument("--pairs", nargs="+", help="pairs to check, or 'all' for every file (default: the whitelist)")
     check.add_argument("--timeframe", help="e.g. 5m, 1h (default: from the config)")
-    check.add_argument("--timerange", help="freqtrade timerange, e.g. 20240101-20240301")
+    check.add_argument("--timerange", type=timerange_arg, help="freqtrade timerange, e.g. 20240101-20240301")
     check.add_argument("--data-format", help="feather, parquet or json (default: from the config)")
     check.add_argument("--min-candles", type=int, default=0, help="flag files shorter than this")
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -326,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a synthetic market in freqtrade's format",
         description="Write synthetic candles: 'null' has no predictable component (any edge a model "
         "finds is overfitting); 'planted' adds a weak, known mean-reversion rule "
-        "(see docs/ARCHITECTURE.md for the rule and its oracle AUC).",
+        "(see docs/ARCHITECTURE.md for the rule and its oracle AUC). Each file is recorded in "
+        "<datadir>/ftml-synthetic.json, so `data check`, `train` and `demo` say the data is synthetic; "
+        "files ftml did not write are never overwritten without --force.",
     )
     synth.add_argument("-c", "--config", default="config.json", help="take pairs/timeframe/datadir from here")
     synth.add_argument("--pairs", nargs="+", help="pairs to write (default: the config's whitelist)")
@@ -340,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add an intraday drift of this many volatilities per candle (up in the early UTC hours, "
                             "down in the late ones): an edge any strategy's trades show (default 0)")
     synth.add_argument("--datadir", help="where to write (default: the config's data directory)")
+    synth.add_argument("--force", action="store_true",
+                       help="overwrite candle files that ftml did not write (real data); without it they are refused")
     synth.set_defaults(func=cmd_data_synth)
 
     cfg = sub.add_parser("config", help="show the validated 'ml' section with its defaults")
@@ -391,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("-c", "--config", default="config.json")
     tr.add_argument("--pairs", nargs="+", help="override the config's pair_whitelist")
-    tr.add_argument("--timerange", help="freqtrade timerange of the data to use, e.g. 20240101-20250101")
+    tr.add_argument("--timerange", type=timerange_arg, help="freqtrade timerange of the data to use, e.g. 20240101-20250101")
     tr.add_argument("--trials", type=int, help="Optuna trials to run now (default: training.trials)")
     tr.add_argument("--timeout", type=float, help="stop tuning after this many seconds")
     tr.add_argument("--families", nargs="+", help="model families to search: xgboost lightgbm hist_gb logistic")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from ml import config as mlconfig
 from ml import jsonsafe
+from ml.display import make_console
 from ml.registry import Registry, RegistryError, open_registry
 
 EXIT_OK, EXIT_FAILED_CHECK = 0, 1
@@ -32,7 +32,7 @@ def _emit(args, data: Any, render) -> None:
     if args.json:
         print(jsonsafe.dumps(data))
     else:
-        render(Console(), data)
+        render(make_console(), data)
 
 
 def _fmt(value: Any) -> str:
@@ -64,6 +64,9 @@ def cmd_list(args) -> int:
             table.add_row(*[_fmt(c) for c in cells], style=style)
         console.print(table if rows else "The registry is empty: train a model with `ftml train`.")
 
+    if args.name and args.name not in doc["models"]:
+        known = ", ".join(sorted(doc["models"])) or "none yet: train one with `ftml train`"
+        raise RegistryError(f"no model named '{args.name}' in {reg.root} (models: {known})")
     _emit(args, rows, render)
     return EXIT_OK
 

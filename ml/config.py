@@ -32,7 +32,8 @@ class _Section(BaseModel):
 
 
 class RegistrySettings(_Section):
-    path: str = Field("registry", description="Registry store folder (relative paths: from the working directory).")
+    path: str = Field("registry", description="Registry store folder; a relative path is taken from the folder "
+                      "of the config file, so cron, the bot and a shell anywhere open the same store.")
 
 
 class ModelSettings(_Section):
@@ -178,14 +179,26 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: bad value for '{key}': {value}. {first['msg']}{more}"
 
 
-def from_dict(section: dict[str, Any] | None, source: str = "config") -> MLConfig:
-    """Validate an ``"ml"`` section (as found in freqtrade's ``self.config``)."""
+def from_dict(section: dict[str, Any] | None, source: str = "config", base: str | os.PathLike[str] | None = None
+              ) -> MLConfig:
+    """Validate an ``"ml"`` section (as found in freqtrade's ``self.config``). ``base``: the
+    folder of the config file, which a relative ``registry.path`` is taken from."""
     if section is not None and not isinstance(section, dict):
         raise ConfigError(f"{source}: 'ml' must be an object, got {type(section).__name__}")
     try:
-        return MLConfig.model_validate(section or {})
+        cfg = MLConfig.model_validate(section or {})
     except ValidationError as err:
         raise ConfigError(_one_line(err, source)) from None
+    if base is not None and not Path(cfg.registry.path).is_absolute():
+        resolved = str((Path(base) / cfg.registry.path).resolve())
+        cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"path": resolved})})
+    return cfg
+
+
+def config_folder(freqtrade_config: dict[str, Any]) -> Path | None:
+    """The folder of the first config file freqtrade loaded (None when read from stdin)."""
+    files = [f for f in freqtrade_config.get("config_files") or [] if f and f != "-"]
+    return Path(files[0]).resolve().parent if files else None
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -204,4 +217,4 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load(path: str | os.PathLike[str]) -> MLConfig:
     """Parse the ``"ml"`` section of ``path`` into typed settings with defaults."""
-    return from_dict(read_json(path).get("ml"), source=str(path))
+    return from_dict(read_json(path).get("ml"), source=str(path), base=Path(path).resolve().parent)

@@ -20,6 +20,7 @@ from freqtrade.enums import CandleType, TradingMode
 from freqtrade.exchange import timeframe_to_seconds
 
 from ml.errors import FtmlError
+from ml.synth_marker import describe, synthetic_files
 
 OHLCV = ["date", "open", "high", "low", "close", "volume"]
 # Row-level defects, in the order the report lists them.
@@ -58,6 +59,7 @@ class PairReport:
     gaps: list[Gap] = field(default_factory=list)
     missing_candles: int = 0
     notes: list[str] = field(default_factory=list)  # file-level: missing, empty, too short
+    synthetic: str | None = None  # what wrote the file, when ftml data synth did (not a problem)
 
     @property
     def ok(self) -> bool:
@@ -205,6 +207,10 @@ def load_candles(
             continue
         raw = handler._ohlcv_load(pair, timeframe, None, CandleType.SPOT)
         frames[pair] = check_frame(_trim(raw, parsed), rep, min_candles)
+    marked = synthetic_files(datadir, [Path(rep.file).name for rep in report.pairs])
+    for rep in report.pairs:
+        if Path(rep.file).name in marked:
+            rep.synthetic = describe(marked[Path(rep.file).name])
     return frames, report
 
 

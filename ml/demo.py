@@ -32,9 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ml import jsonsafe
-from ml.cli import freqtrade_settings
+from ml.cli import freqtrade_settings, synthetic_pairs
 from ml.config import read_json
 from ml.data import DataError, available_pairs, candle_dates
+from ml.display import make_console
 from ml.synth import write_market
 
 DEMO_CANDLES = 30_000
@@ -61,9 +62,12 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     demo.mkdir(parents=True)
     cfg = read_json(config_path)
     have = set(available_pairs(ft["datadir"], ft["timeframe"], ft["data_format"])) if ft["datadir"].is_dir() else set()
-    synthetic = not ft["pairs"] or not set(ft["pairs"]) <= have
+    missing = not ft["pairs"] or not set(ft["pairs"]) <= have
+    # Files `ftml data synth` wrote are data, but not a real market: say so.
+    written = synthetic_pairs(ft["datadir"], ft["pairs"], ft["timeframe"], ft["data_format"]) if not missing else {}
+    synthetic = missing or bool(written)
     datadir = demo / "user_data" / "data" / ft["exchange"]  # where freqtrade will look
-    if synthetic:
+    if missing:
         console.print(f"[bold yellow]No {ft['timeframe']} candles for every pair in {ft['datadir']}: using a SYNTHETIC "
                       f"planted market ({DEMO_CANDLES} candles per pair). The numbers below are not a real market.[/]")
         write_market(datadir, ft["pairs"], ft["timeframe"], DEMO_CANDLES, "null", DEMO_SEED,
@@ -71,7 +75,12 @@ def prepare(config_path: Path, console: Console) -> tuple[Path, bool, dict[str, 
     else:
         datadir.parent.mkdir(parents=True)
         datadir.symlink_to(Path(ft["datadir"]).resolve(), target_is_directory=True)
-        console.print(f"Using real candles from {ft['datadir']} ({len(ft['pairs'])} pairs, {ft['timeframe']}).")
+        if written:
+            console.print(f"[bold yellow]Using SYNTHETIC candles from {ft['datadir']}, written by `ftml data synth` "
+                          f"({', '.join(sorted(set(written.values())))}, {len(written)} of {len(ft['pairs'])} pairs). "
+                          "The numbers below are not a real market.[/]")
+        else:
+            console.print(f"Using real candles from {ft['datadir']} ({len(ft['pairs'])} pairs, {ft['timeframe']}).")
     strategies = Path(cfg.get("strategy_path", "strategies"))
     cfg.update(user_data_dir=str(demo / "user_data"),
                strategy_path=str(strategies if strategies.is_absolute() else (config_path.parent / strategies).resolve()),
@@ -97,7 +106,7 @@ def _ranges(datadir: Path, pair: str, timeframe: str, data_format: str) -> tuple
 
 
 def run_demo(config_path: str) -> int:
-    console = Console()
+    console = make_console()
     config_path = Path(config_path).resolve()
     demo, synthetic, ft = prepare(config_path, console)
     cfg = json.loads((demo / "config.json").read_text())

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ml.config import MLConfig
 from ml.dataset import build_trade_dataset
+from ml.display import make_console
 from ml.drift import MAJOR, MODERATE, drift_report
 from ml.errors import FtmlError
 from ml.features import FeatureEngineer
@@ -63,7 +64,7 @@ def run_drift(cfg: MLConfig, ft: dict[str, Any], name: str, window_days: int,
 
 
 def print_drift(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(f"[bold]{report['model']} v{report['version']}[/]: training rows ({report['reference_rows']}) vs the "
                   f"last {report['window_days']} days ({report['current_rows']} rows, {report['window'][0][:16]} -> "
                   f"{report['window'][1][:16]})")

@@ -45,7 +45,7 @@ from freqtrade.strategy import DecimalParameter
 
 from ml.bundle import outcome_returns_of
 from ml.calibration import has_no_ranking
-from ml.config import from_dict
+from ml.config import config_folder, from_dict
 from ml.errors import FtmlError
 from ml.features import FeatureEngineer
 from ml.metrics import expected_value
@@ -86,7 +86,7 @@ class MLGate:
         super().__init__(config)  # type: ignore[call-arg]
         # The label backtest runs the strategy with every entry: the gate passes through.
         self.ml_ungated = bool(config.get(UNGATED_KEY))
-        self.ml = from_dict(config.get("ml"), source="config 'ml' section")
+        self.ml = from_dict(config.get("ml"), source="config 'ml' section", base=config_folder(config))
         self.engineer = FeatureEngineer(self.ml.features, config.get("timeframe", self.timeframe))
         self.startup_candle_count = max(int(getattr(self, "startup_candle_count", 0)), self.engineer.startup_candles)
         self.ml_strategy = ungated_class(type(self)).__name__

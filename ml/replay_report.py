@@ -154,10 +154,11 @@ def report(config: str, strategy: str | None, db: str | None) -> ReplayCompariso
 
 
 def print_comparison(result: ReplayComparison) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from ml.display import make_console
+
+    console = make_console()
     table = Table(title=f"Replay vs backtest, {result.window[0]} .. {result.window[1]}")
     for col in ("", "count"):
         table.add_column(col)

@@ -381,18 +381,18 @@ def _write_owner(owner: Path, holder: dict[str, Any]) -> None:
     os.replace(tmp, owner)
 
 
-def record_run(user_data: Path, summary: dict[str, Any]) -> None:
-    """Append the run's summary, timestamped, to user_data/logs/retrain.jsonl; a failed run
-    also gets its line in retrain.log (a successful one logged itself already)."""
+def record_run(user_data: Path, summary: dict[str, Any], job: str = "retrain") -> None:
+    """Append the run's summary, timestamped, to user_data/logs/<job>.jsonl; a failed run
+    also gets its line in <job>.log (a successful one logged itself already)."""
     logs = user_data / "logs"
     try:
         logs.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        with open(logs / "retrain.jsonl", "a") as f:
+        with open(logs / f"{job}.jsonl", "a") as f:
             f.write(jsonsafe.dumps({"time": stamp, **summary}) + "\n")
         if summary.get("decision") == "error":
-            with open(logs / "retrain.log", "a") as f:
-                f.write(f"{stamp} ERROR ftml.retrain: Retrain failed (exit {summary.get('exit_code')}): "
+            with open(logs / f"{job}.log", "a") as f:
+                f.write(f"{stamp} ERROR ftml.{job}: {job.capitalize()} failed (exit {summary.get('exit_code')}): "
                         f"{summary.get('error')}\n")
     except OSError as err:
         logger.warning("Could not record the retrain run in %s: %s", logs, err)

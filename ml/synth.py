@@ -33,6 +33,8 @@ from freqtrade.data.history import get_datahandler
 from freqtrade.enums import CandleType
 from freqtrade.exchange import timeframe_to_minutes
 
+from ml.synth_marker import mark, refuse_foreign
+
 Market = Literal["null", "planted"]
 STRENGTH = 0.25
 EMA_SPAN = 20
@@ -182,9 +184,11 @@ def write_market(
     flip_at: int | None = None,
     data_format: str = "feather",
     trading_mode: str = "spot",
+    force: bool = False,
     **process: float | int | None,
 ) -> list[Path]:
-    """Write one file per pair in freqtrade's own format and naming.
+    """Write one file per pair in freqtrade's own format and naming, and record them as
+    synthetic (ml.synth_marker). Files it did not write are refused unless ``force``.
 
     ``trading_mode="futures"`` (pairs like ``ETH/USDT:USDT``) writes what freqtrade's futures
     backtest reads: the futures candles, mark candles equal to them, and a zero funding rate.
@@ -193,16 +197,25 @@ def write_market(
     datadir.mkdir(parents=True, exist_ok=True)
     handler = get_datahandler(datadir, data_format)
     futures = trading_mode == "futures"
-    written = []
+    kinds = [CandleType.FUTURES, CandleType.MARK, CandleType.FUNDING_RATE] if futures else [CandleType.SPOT]
+
+    def target(pair: str, kind: CandleType) -> Path:
+        return handler._pair_data_filename(datadir, pair, timeframe, kind)
+
+    if not force:
+        refuse_foreign([target(pair, kind) for pair in pairs for kind in kinds[:1]])
+    written, every_file = [], []
     for i, pair in enumerate(pairs):
         frame, _ = simulate(candles, timeframe, market, pair_seed(seed, i), start, flip_at, **process)
-        kind = CandleType.FUTURES if futures else CandleType.SPOT
-        handler.ohlcv_store(pair, timeframe, frame, kind)
-        written.append(handler._pair_data_filename(datadir, pair, timeframe, kind))
+        handler.ohlcv_store(pair, timeframe, frame, kinds[0])
+        written.append(target(pair, kinds[0]))
         if futures:
             handler.ohlcv_store(pair, timeframe, frame, CandleType.MARK)
             funding = pd.DataFrame({"date": frame["date"], "funding_rate": 0.0})
             handler.ohlcv_store(pair, timeframe, funding, CandleType.FUNDING_RATE)
+            every_file += [target(pair, CandleType.MARK), target(pair, CandleType.FUNDING_RATE)]
+    mark(datadir, [p for p in [*written, *every_file] if p.is_file()],
+         {"market": market, "seed": seed, "candles": candles, "timeframe": timeframe})
     return written
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class TrainRequest:
     study: str
     tracking_mode: str | None = None
     worker_only: bool = False  # add trials to a shared study; fit and register nothing
+    synthetic_data: dict[str, str] = field(default_factory=dict)  # pair -> what wrote it (ml.synth_marker)
 
 
 def git_commit() -> str | None:
@@ -204,6 +205,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"]},
         "metrics": _headline(report),
         "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
+        "synthetic_data": req.synthetic_data,
     }
     # ---- tracking (never fails the run); started first so the bundle records its link
     tracker = tracking.start(cfg.tracking, _tracking_config(cfg, req, data, manifest), name=out.name,
@@ -222,6 +224,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "test": _headline(report), "verdict": report["verdict"]["label"], "reasons": report["verdict"]["reasons"],
         "trials": {k: report["trials"][k] for k in ("finished", "complete", "pruned", "failed")},
         "study": req.study, "tracking": tracker.link, "seconds": round(time.perf_counter() - started, 1),
+        "synthetic_data": req.synthetic_data,
     }
 
 
