@@ -130,7 +130,8 @@ def build_trade_dataset(cfg: MLConfig, run, min_rows: int | None = None) -> Data
     info = {"pairs": per_pair, "skipped": {}, "strategy": run.strategy, "label_source": "trades",
             "sides": sides, "timeframe": run.timeframe, "rows": n, "trades": len(run.trades),
             "unresolved_trades": run.unresolved, "horizon_candles": horizon, "label_backtest": {"key": run.key, "cache_hit": run.cache_hit},
-            "feature_count": len(names), "start": str(pooled["date"].iloc[0]), "end": str(pooled["date"].iloc[-1])}
+            "feature_count": len(names), "start": str(pooled["date"].iloc[0]), "end": str(pooled["date"].iloc[-1]),
+            "exits": run.info.get("exits")}
     return Dataset(
         X=pooled[names].astype(np.float64), y=pooled["label"].to_numpy(dtype=np.int64),
         realised=pooled["realised"].to_numpy(dtype=np.float64),

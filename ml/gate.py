@@ -51,10 +51,12 @@ from ml.features import FeatureEngineer
 from ml.metrics import expected_value
 from ml.predictor import ProductionModel, stat_key
 from ml.registry import open_registry
-from ml.trade_labels import UNGATED_KEY, ungated_class
+from ml.trade_labels import UNGATED_KEY, exit_differences, exit_settings, ungated_class
 
 logger = logging.getLogger(__name__)
 LIVE_MODES = (RunMode.DRY_RUN, RunMode.LIVE)
+# hyperopt spaces that change when trades exit ("default" holds roi and stoploss)
+EXIT_SPACES = {"roi", "stoploss", "trailing", "sell", "exit", "default", "all"}
 SIDE_FEATURE = "side_short"  # 1.0 for a short trade: one model serves both sides
 SIDES = {"long": ("enter_long", "ml_proba", "ml_ev"), "short": ("enter_short", "ml_proba_short", "ml_ev_short")}
 GATE_PLOTS = {
@@ -165,6 +167,11 @@ class MLGate:
             self._say(f"margin:{model.version}:{margin}", "ML gate: trading at ev_margin %.4f, but %s v%s was "
                       "validated at %.4f; its gate results describe that margin.", margin, model.name,
                       model.version, float(scored_at))
+        if changed := exit_differences(model.entry.get("exits"), exit_settings(self)):
+            self._say(f"exits:{model.version}:{changed}", "ML gate: %s exits differently from the trades %s v%s "
+                      "learned from (%s): its probabilities describe those trades, not these. Retrain (ftml train) "
+                      "after changing exits, or undo the change.", self.ml_strategy, model.name, model.version,
+                      "; ".join(changed))
 
     def ft_bot_start(self, **kwargs) -> None:
         # After freqtrade's own start (the user's bot_start, then the hyperopt parameters):
@@ -172,6 +179,14 @@ class MLGate:
         super().ft_bot_start(**kwargs)  # type: ignore[misc]
         if self.ml_ungated:
             return
+        tuned = EXIT_SPACES & set(self.config.get("spaces") or [])
+        if self.config.get("runmode") == RunMode.HYPEROPT and tuned:
+            logger.warning("ML gate: hyperopt tunes the exits of %s (spaces %s), but the model learned from trades "
+                           "that exit by its current settings: every epoch is gated with probabilities for other "
+                           "trades. The profits hyperopt reports are freqtrade's own and match a backtest with the "
+                           "same parameters; to use new exits, adopt them in %s, retrain (ftml train), then tune "
+                           "ev_margin alone with --spaces buy.", self.ml_strategy, ", ".join(sorted(tuned)),
+                           self.ml_strategy)
         model = self._try_load()
         if model is not None:
             self._use(model)

@@ -353,6 +353,7 @@ class Registry:
                 "ranges": manifest.get("ranges", {}), "train_end": manifest.get("train_end"),
                 "metrics": manifest.get("metrics", {}), "backtest": None, "gates": gates,
                 "tracking": manifest.get("tracking"), "tags": list(tags or []), "notes": notes,
+                "exits": manifest.get("exits"), "synthetic_data": manifest.get("synthetic_data") or {},
                 "source": str(bundle_dir.resolve()),
             }
             model["versions"][str(vid)] = entry

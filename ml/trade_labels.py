@@ -69,6 +69,36 @@ def ungated_class(cls: type) -> type:
     return cls
 
 
+# The strategy settings that decide when its trades exit: the labels are only true for
+# these. A gated strategy whose exits differ (hyperopt, an edited ROI table) is told so.
+EXIT_SETTINGS = ("minimal_roi", "stoploss", "trailing_stop", "trailing_stop_positive", "trailing_stop_positive_offset",
+                 "trailing_only_offset_is_reached", "use_exit_signal", "exit_profit_only", "exit_profit_offset",
+                 "ignore_roi_if_entry_signal", "use_custom_stoploss")
+
+
+def exit_settings(strategy: Any) -> dict[str, Any]:
+    """The strategy's exit settings as plain JSON values (ROI keys as minutes, sorted)."""
+    found: dict[str, Any] = {}
+    for key in EXIT_SETTINGS:
+        value = getattr(strategy, key, None)
+        if key == "minimal_roi" and isinstance(value, dict):
+            value = {str(int(float(k))): float(v) for k, v in sorted(value.items(), key=lambda kv: float(kv[0]))}
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, (bool, type(None))):
+            value = str(value)
+        found[key] = value
+    return found
+
+
+def exit_differences(learned: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """'key learned -> now' for each exit setting that changed (none when nothing was recorded)."""
+    if not learned:
+        return []
+    return [f"{key} {learned.get(key)} -> {now.get(key)}" for key in EXIT_SETTINGS
+            if key in learned and learned.get(key) != now.get(key)]
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -141,7 +171,9 @@ def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs:
     sources = _source_files(cls, loaded_from)
     if not sources:
         return None
-    for path in [*sources, *_data_files(config, pairs)]:
+    # freqtrade's parameter file beside a strategy (hyperopt's export) changes its trades too.
+    params = [p.with_suffix(".json") for p in sources if p.with_suffix(".json").is_file()]
+    for path in [*sources, *params, *_data_files(config, pairs)]:
         digest.update(path.name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     digest.update(str(config.get("startup_candle_count")).encode())
@@ -245,7 +277,7 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     trades["is_short"] = trades["is_short"].astype(bool)
     trades["enter_tag"] = trades["enter_tag"].astype("string")
     trades["exit_reason"] = trades["exit_reason"].astype(str)
-    info = {"start": str(start), "end": str(end), "pairs": whitelist}
+    info = {"start": str(start), "end": str(end), "pairs": whitelist, "exits": exit_settings(strat)}
     if key is not None:
         _write_cache(folder, trades, {"strategy": cls.__name__, "unresolved": int(left_open.sum()), "info": info})
     logger.info("Label backtest of %s: %d closed trades (%d left open at the end, not used)%s.", cls.__name__,

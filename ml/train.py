@@ -194,6 +194,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
         "strategy": data.info["strategy"],
         "label_source": "trades",
         "sides": data.info["sides"],
+        "exits": data.info.get("exits"),  # the strategy's exit settings its trades (the labels) used
         # EV = p*win + (1-p)*loss per side; the strategy gates at the same margin the test
         # block's EV gate was scored at.
         "outcome_returns": outcomes,
