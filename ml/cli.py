@@ -187,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         storage=storage, study=cfg.training.study or f"{cfg.model.name}-{stamp}",
         tracking_mode=None, worker_only=args.worker_only,
         synthetic_data=synthetic_pairs(ft["datadir"], args.pairs or ft["pairs"], ft["timeframe"], ft["data_format"]),
+        job_type=args.job_type,
     )
     if request.synthetic_data:
         logging.getLogger("ftml.train").warning(
@@ -194,10 +195,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             "not a real one.", ", ".join(request.synthetic_data))
     if args.worker_only and not cfg.training.study:
         raise UserError("--worker-only adds trials to a shared study: name it with --study (and --storage).")
-    columns = [TextColumn("Optuna trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=make_console(stderr=True), transient=True) as bar:
-        task = bar.add_task("trials", total=cfg.training.trials)
-        summary = train(cfg, request, progress=lambda done: bar.update(task, completed=done))
+        trials = bar.add_task("Optuna trials", total=cfg.training.trials)
+        folds = bar.add_task("  folds of trial 0", total=cfg.training.folds, visible=cfg.training.workers == 1)
+
+        def on_fold(number: int, done: int, total: int) -> None:
+            bar.update(folds, description=f"  folds of trial {number}", completed=done, total=total)
+
+        summary = train(cfg, request, progress=lambda done: bar.update(trials, completed=done), on_fold=on_fold)
     if not args.no_register and not args.worker_only:
         from ml.registry import open_registry
 
@@ -434,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("-c", "--config", default="config.json")
     tr.add_argument("--pairs", nargs="+", help="override the config's pair_whitelist")
+    tr.add_argument("--job-type", choices=["train", "retrain", "demo"], default="train",
+                    help="W&B job type of the run (default: %(default)s; the demo passes demo)")
     tr.add_argument("--timerange", type=timerange_arg, help="freqtrade timerange of the data to use, e.g. 20240101-20250101")
     tr.add_argument("--trials", type=int, help="Optuna trials to run now (default: training.trials)")
     tr.add_argument("--timeout", type=float, help="stop tuning after this many seconds")

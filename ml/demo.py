@@ -115,7 +115,7 @@ def run_demo(config_path: str) -> int:
 
     console.print(f"[bold]1/3 Training[/] on {train_range} ({cfg['ml']['training']['trials']} Optuna trials) ...")
     done = _check(_ftml(["train", "-c", str(demo / "config.json"), "--timerange", train_range,
-                         "--output", str(demo / "model")], cwd=Path.cwd()), "training")
+                         "--output", str(demo / "model"), "--job-type", "demo"], cwd=Path.cwd()), "training")
     trained = json.loads(done.stdout.strip().splitlines()[-1])
     version, name = str(trained["registered"]["version"]), trained["model"]
     twin = cfg["ml"]["training"]["strategy"]

@@ -250,7 +250,7 @@ class Retrain:
         request = TrainRequest(Path(self.config_path), self.strategy, self.ft["pairs"], self.ft["timeframe"],
                                f"{_day(train_from)}-{_day(start - step * self.cfg.training.embargo)}", bundle_dir,
                                self.cfg.training.storage or f"sqlite:///{self.user_data / 'optuna.sqlite3'}",
-                               f"{self.name}-retrain-{stamp}")
+                               f"{self.name}-retrain-{stamp}", job_type="retrain")
         trained = self._timed("train", train, self.cfg, request)
         summary["challenger_test"] = {k: trained["test"][k] for k in ("auc", "brier_skill", "ece", "ev_gate_trades")}
 
@@ -437,8 +437,9 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
         job = Retrain(config_path, cfg, ft, dry_run, download)
         job.notes.extend(notes)
         summary = job.run()
-        tracker = tracking.start(cfg.tracking, {"ml": redacted_settings(cfg.model_dump()), "retrain": True}, name=f"retrain-{job.name}",
-                                 job_type="retrain")
+        tracker = tracking.start(cfg.tracking, {"ml": redacted_settings(cfg.model_dump()), "retrain": True},
+                                 name=f"retrain-{job.name}-{summary['decision']}", job_type="retrain", group=job.name,
+                                 tags=[job.name, job.strategy, "retrain", summary["decision"]])
         tracker.log_metrics(summary)
         tracker.finish()
         summary["tracking"] = tracker.link

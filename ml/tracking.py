@@ -13,6 +13,7 @@ import logging
 import math
 import netrc
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,10 +26,11 @@ class Tracker(Protocol):
     link: str | None
 
     def log_trials(self, rows: list[dict[str, Any]]) -> None: ...
+    def log_config(self, values: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, Any]) -> None: ...
     def log_images(self, images: dict[str, Path]) -> None: ...
     def log_model(self, folder: Path, name: str) -> None: ...
-    def finish(self) -> None: ...
+    def finish(self, exit_code: int = 0) -> None: ...
 
 
 class NoopTracker:
@@ -37,10 +39,11 @@ class NoopTracker:
     link: str | None = None
 
     def log_trials(self, rows): ...
+    def log_config(self, values): ...
     def log_metrics(self, metrics): ...
     def log_images(self, images): ...
     def log_model(self, folder, name): ...
-    def finish(self): ...
+    def finish(self, exit_code=0): ...
 
 
 def _never_raises(method):
@@ -86,6 +89,16 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | str]
     return flat
 
 
+def _sync_path(path: Path) -> str:
+    """Relative to the working directory when inside it (a copied project folder still
+    finds it), else absolute."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 class WandbTracker:
     """One W&B run. Construct through :func:`start`."""
 
@@ -100,6 +113,10 @@ class WandbTracker:
             self.run.log({f"trial/{k}": v for k, v in row.items() if v is not None})
 
     @_never_raises
+    def log_config(self, values):
+        self.run.config.update(values, allow_val_change=True)
+
+    @_never_raises
     def log_metrics(self, metrics):
         self.run.summary.update(flatten(metrics))
 
@@ -111,20 +128,34 @@ class WandbTracker:
 
     @_never_raises
     def log_model(self, folder, name):
+        """The bundle as a model artifact whose files live *inside* the run folder.
+
+        W&B stages an artifact's files under ~/.local/share/wandb, outside ``wandb/``: a
+        ``wandb/`` folder copied to another machine would sync without its model. So the
+        files are copied into ``<run folder>/artifacts/<name>/`` and added by reference
+        (policy "immutable": no staging copy), with paths relative to the working
+        directory, the folder `wandb sync wandb/offline-run-*` is run from.
+        """
         import wandb
 
+        target = Path(self.run.dir).parent / "artifacts" / name
+        shutil.copytree(folder, target, dirs_exist_ok=True)
         artifact = wandb.Artifact(name=name, type="model")
-        artifact.add_dir(str(folder))
+        for path in sorted(p for p in target.rglob("*") if p.is_file()):
+            artifact.add_file(_sync_path(path), name=path.relative_to(target).as_posix(), policy="immutable")
         self.run.log_artifact(artifact)
 
     @_never_raises
-    def finish(self):
-        self.run.finish()
+    def finish(self, exit_code=0):
+        self.run.finish(exit_code=exit_code)
 
 
 def start(settings: TrackingSettings, config: dict[str, Any], name: str, job_type: str = "train",
-          mode: str | None = None) -> Tracker:
-    """Open a run (or a no-op tracker). Failure to start W&B warns and returns the no-op."""
+          mode: str | None = None, group: str | None = None, tags: list[str] | tuple[str, ...] = ()) -> Tracker:
+    """Open a run (or a no-op tracker). Failure to start W&B warns and returns the no-op.
+
+    ``group`` (the model name) puts a model's train, retrain and demo runs together on the
+    W&B page; ``tags`` make them filterable (model, strategy, job type)."""
     mode = mode or resolve_mode(settings)
     if mode == "disabled":
         return NoopTracker()
@@ -134,7 +165,8 @@ def start(settings: TrackingSettings, config: dict[str, Any], name: str, job_typ
         Path(settings.dir).mkdir(parents=True, exist_ok=True)
         run = wandb.init(
             project=settings.project, entity=settings.entity, dir=settings.dir, mode=mode,
-            config=config, name=name, job_type=job_type, reinit="finish_previous",
+            config=config, name=name, job_type=job_type, group=group, tags=[str(t)[:64] for t in tags],
+            reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
         )
         tracker = WandbTracker(run, mode)

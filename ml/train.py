@@ -58,6 +58,7 @@ class TrainRequest:
     tracking_mode: str | None = None
     worker_only: bool = False  # add trials to a shared study; fit and register nothing
     synthetic_data: dict[str, str] = field(default_factory=dict)  # pair -> what wrote it (ml.synth_marker)
+    job_type: str = "train"  # W&B job type: train, retrain or demo
 
 
 def git_commit() -> str | None:
@@ -73,12 +74,17 @@ def _span(data: Dataset) -> list[str]:
     return [str(pd.Timestamp(data.times.min(), tz="UTC")), str(pd.Timestamp(data.times.max(), tz="UTC"))]
 
 
-def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    return [
-        {"number": t.number, "state": t.state.name, "value": t.value, "family": t.user_attrs.get("family"),
-         "auc": t.user_attrs.get("auc"), "brier": t.user_attrs.get("brier")}
-        for t in study.get_trials(deepcopy=False)
-    ]
+def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """One finished trial for the W&B history: its score and its hyperparameters."""
+    return {"number": t.number, "state": t.state.name, "value": t.value, "family": t.user_attrs.get("family"),
+            "auc": t.user_attrs.get("auc"), "brier": t.user_attrs.get("brier"),
+            "folds_done": t.user_attrs.get("folds_done", len(t.user_attrs.get("fold_log_loss", []))),
+            **{f"params/{k}": v for k, v in t.params.items()}}
+
+
+def run_name(cfg: MLConfig, req: TrainRequest) -> str:
+    """W&B run name: job, model and the bundle folder's time stamp ('train-MyStrategy-20260101-120000')."""
+    return f"{req.job_type}-{cfg.model.name}-{req.output.name}"
 
 
 def load_dataset(cfg: MLConfig, req: TrainRequest) -> Dataset:
@@ -97,8 +103,10 @@ def per_row_outcomes(outcomes: dict[str, dict[str, float]], sides: np.ndarray) -
     return {"win": win, "loss": loss}
 
 
-def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
-    """Run the whole pipeline; return the summary (also written into the bundle)."""
+def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict[str, Any]:
+    """Run the whole pipeline; return the summary (also written into the bundle).
+
+    ``progress(trials_done)`` and ``on_fold(trial_number, folds_done, folds)`` report as it goes."""
     started = time.perf_counter()
     t = cfg.training
     open_storage(req.storage)  # a wrong storage URL fails now, not after the label backtest
@@ -124,109 +132,118 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None) -> dict[str, Any]:
     X_train = train_block.X[inputs].to_numpy(dtype=np.float64)
     tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed)
     n_jobs = t.n_jobs or available_cores()
-    study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress)
-    shared = len({tr.user_attrs.get("pid") for tr in study.get_trials(deepcopy=False)}) > 1 or t.workers > 1
     if req.worker_only:
-        return {"worker_only": True, "study": req.study, "storage": redact(req.storage), "trials": finished(study),
-                "seconds": round(time.perf_counter() - started, 1)}
-    # Other processes' trials on a shared study count too (a study only this run used has
-    # nothing running: no wait beyond the quiet period's first look).
-    still = wait_for_running(study, quiet=QUIET_S if shared else 0.0)
-    if still:
-        logger.warning("%d trials of study %s are still running after the wait; choosing among finished ones.",
-                       still, req.study)
-    chosen = best_trial(study, list(t.families))
-    family, params = trial_params(chosen, list(t.families))
+        tracker: tracking.Tracker = tracking.NoopTracker()  # a worker adds trials; the owner's run logs them
+    else:
+        tracker = tracking.start(cfg.tracking, _tracking_config(cfg, req, data), name=run_name(cfg, req),
+                                 job_type=req.job_type, mode=req.tracking_mode, group=cfg.model.name,
+                                 tags=_tracking_tags(cfg, req, data))
+    try:
+        study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress,
+                          on_trial=lambda trial: tracker.log_trials([trial_row(trial)]), on_fold=on_fold)
+        shared = len({tr.user_attrs.get("pid") for tr in study.get_trials(deepcopy=False)}) > 1 or t.workers > 1
+        if req.worker_only:
+            return {"worker_only": True, "study": req.study, "storage": redact(req.storage), "trials": finished(study),
+                    "seconds": round(time.perf_counter() - started, 1)}
+        # Other processes' trials on a shared study count too (a study only this run used has
+        # nothing running: no wait beyond the quiet period's first look).
+        still = wait_for_running(study, quiet=QUIET_S if shared else 0.0)
+        if still:
+            logger.warning("%d trials of study %s are still running after the wait; choosing among finished ones.",
+                           still, req.study)
+        chosen = best_trial(study, list(t.families))
+        family, params = trial_params(chosen, list(t.families))
 
-    # ---- refit the best trial on the whole training block, then freeze it
-    model = fit_family(family, params, X_train, train_block.y, train_block.times,
-                       np.arange(len(train_block)), n_jobs, t.seed)
-    p_calib_raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
-    calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
-    # What a win and a loss really return (fees and time exits included), measured where the
-    # calibrator was fitted: the EV gate's inputs, stored with the model.
-    outcomes = side_outcome_returns(calib_block.y, calib_block.realised, calib_block.side_of_rows())
+        # ---- refit the best trial on the whole training block, then freeze it
+        model = fit_family(family, params, X_train, train_block.y, train_block.times,
+                           np.arange(len(train_block)), n_jobs, t.seed)
+        p_calib_raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
+        calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
+        # What a win and a loss really return (fees and time exits included), measured where the
+        # calibrator was fitted: the EV gate's inputs, stored with the model.
+        outcomes = side_outcome_returns(calib_block.y, calib_block.realised, calib_block.side_of_rows())
 
-    # ---- one look at the test block
-    p_test_raw = model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64))
-    p_test = calibrator.transform(p_test_raw)
-    horizon_span = (pd.Timedelta(req.timeframe) * horizon).as_unit("ns").to_timedelta64()
-    report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised,
-                      per_row_outcomes(outcomes, test_block.side_of_rows()), cfg.gate.ev_margin,
-                      test_block.times, horizon_span, test_block.exit_times, test_block.pairs,
-                      fitted_base_rate=float(np.concatenate([train_block.y, calib_block.y]).mean()),
-                      min_trades=cfg.gate.min_trades)
-    trials = study.get_trials(deepcopy=False)
-    values = [tr.value for tr in trials if tr.state == optuna.trial.TrialState.COMPLETE]
-    report["trials"] = {
-        "finished": finished(study), "complete": len(values),
-        "pruned": sum(tr.state == optuna.trial.TrialState.PRUNED for tr in trials),
-        "failed": sum(tr.state == optuna.trial.TrialState.FAIL for tr in trials),
-        "oof_log_loss": trial_spread(values), "best_number": chosen.number,
-        "best_value": chosen.value,
-    }
-    report["calibration_choice"] = calib_info
-    report["dataset"] = data.info
+        # ---- one look at the test block
+        p_test_raw = model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64))
+        p_test = calibrator.transform(p_test_raw)
+        horizon_span = (pd.Timedelta(req.timeframe) * horizon).as_unit("ns").to_timedelta64()
+        report = evaluate(test_block.y, p_test_raw, p_test, test_block.realised,
+                          per_row_outcomes(outcomes, test_block.side_of_rows()), cfg.gate.ev_margin,
+                          test_block.times, horizon_span, test_block.exit_times, test_block.pairs,
+                          fitted_base_rate=float(np.concatenate([train_block.y, calib_block.y]).mean()),
+                          min_trades=cfg.gate.min_trades)
+        trials = study.get_trials(deepcopy=False)
+        values = [tr.value for tr in trials if tr.state == optuna.trial.TrialState.COMPLETE]
+        report["trials"] = {
+            "finished": finished(study), "complete": len(values),
+            "pruned": sum(tr.state == optuna.trial.TrialState.PRUNED for tr in trials),
+            "failed": sum(tr.state == optuna.trial.TrialState.FAIL for tr in trials),
+            "oof_log_loss": trial_spread(values), "best_number": chosen.number,
+            "best_value": chosen.value,
+        }
+        report["calibration_choice"] = calib_info
+        report["dataset"] = data.info
 
-    # ---- bundle
-    engineer = FeatureEngineer(cfg.features, req.timeframe)
-    out = req.output
-    (out / PLOTS).mkdir(parents=True, exist_ok=True)
-    images = {
-        "reliability": plots.reliability_diagram(report["raw"]["reliability"], report["calibrated"]["reliability"],
-                                                 report["calibrated"]["ece_noise_band_90"], out / PLOTS / "reliability.png"),
-        "feature_importance": plots.feature_importance(inputs, model.importance(len(inputs)),
-                                                       out / PLOTS / "feature_importance.png"),
-        "optimisation_history": plots.optimisation_history([tr.value for tr in trials], [tr.state.name for tr in trials],
-                                                           out / PLOTS / "optimisation_history.png"),
-    }
-    manifest = {
-        "model_name": cfg.model.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "feature_names": inputs,  # the model's inputs (after any pruning), in order
-        "engineer_feature_count": len(engineer.feature_names),
-        "feature_set_id": data.feature_set_id,
-        "features": cfg.features.model_dump(),
-        "timeframe": req.timeframe,
-        "startup_candles": engineer.startup_candles,
-        "label": cfg.label.model_dump(),
-        "strategy": data.info["strategy"],
-        "label_source": "trades",
-        "sides": data.info["sides"],
-        "exits": data.info.get("exits"),  # the strategy's exit settings its trades (the labels) used
-        # EV = p*win + (1-p)*loss per side; the strategy gates at the same margin the test
-        # block's EV gate was scored at.
-        "outcome_returns": outcomes,
-        "ev_margin": cfg.gate.ev_margin,
-        "pairs": sorted(data.info["pairs"]),
-        "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
-        # The newest candle any fitted part (model or calibrator) depended on.
-        "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
-        "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"]},
-        "metrics": _headline(report),
-        "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
-        "synthetic_data": req.synthetic_data,
-    }
-    # ---- tracking (never fails the run); started first so the bundle records its link
-    tracker = tracking.start(cfg.tracking, _tracking_config(cfg, req, data, manifest), name=out.name,
-                             mode=req.tracking_mode)
-    manifest["tracking"] = tracker.link
-    files = save_bundle(out, model, calibrator, manifest, report)
-    tracker.log_trials(_trial_rows(study))
-    tracker.log_metrics(report)
-    tracker.log_images(images)
-    tracker.log_model(out, name=f"{cfg.model.name}-model")
-    tracker.finish()
+        # ---- bundle
+        engineer = FeatureEngineer(cfg.features, req.timeframe)
+        out = req.output
+        (out / PLOTS).mkdir(parents=True, exist_ok=True)
+        images = {
+            "reliability": plots.reliability_diagram(report["raw"]["reliability"], report["calibrated"]["reliability"],
+                                                     report["calibrated"]["ece_noise_band_90"], out / PLOTS / "reliability.png"),
+            "feature_importance": plots.feature_importance(inputs, model.importance(len(inputs)),
+                                                           out / PLOTS / "feature_importance.png"),
+            "optimisation_history": plots.optimisation_history([tr.value for tr in trials], [tr.state.name for tr in trials],
+                                                               out / PLOTS / "optimisation_history.png"),
+        }
+        manifest = {
+            "model_name": cfg.model.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+            "feature_names": inputs,  # the model's inputs (after any pruning), in order
+            "engineer_feature_count": len(engineer.feature_names),
+            "feature_set_id": data.feature_set_id,
+            "features": cfg.features.model_dump(),
+            "timeframe": req.timeframe,
+            "startup_candles": engineer.startup_candles,
+            "label": cfg.label.model_dump(),
+            "strategy": data.info["strategy"],
+            "label_source": "trades",
+            "sides": data.info["sides"],
+            "exits": data.info.get("exits"),  # the strategy's exit settings its trades (the labels) used
+            # EV = p*win + (1-p)*loss per side; the strategy gates at the same margin the test
+            # block's EV gate was scored at.
+            "outcome_returns": outcomes,
+            "ev_margin": cfg.gate.ev_margin,
+            "pairs": sorted(data.info["pairs"]),
+            "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
+            # The newest candle any fitted part (model or calibrator) depended on.
+            "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
+            "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"]},
+            "metrics": _headline(report),
+            "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
+            "synthetic_data": req.synthetic_data,
+        }
+        # ---- tracking (never fails the run): trials were logged as they finished
+        manifest["tracking"] = tracker.link
+        files = save_bundle(out, model, calibrator, manifest, report)
+        tracker.log_config({"best_trial": {"number": chosen.number, "family": family, "params": params}})
+        tracker.log_metrics(report)
+        tracker.log_images(images)
+        tracker.log_model(out, name=f"{cfg.model.name}-model")
+        tracker.finish()
 
-    return {
-        "model": cfg.model.name, "bundle": str(out), "files": files, "family": family,
-        "rows": {"train": len(train_block), "calibration": len(calib_block), "test": len(test_block)},
-        "test": _headline(report), "verdict": report["verdict"]["label"], "reasons": report["verdict"]["reasons"],
-        "trials": {k: report["trials"][k] for k in ("finished", "complete", "pruned", "failed")},
-        "study": req.study, "tracking": tracker.link, "seconds": round(time.perf_counter() - started, 1),
-        "synthetic_data": req.synthetic_data,
-    }
+        return {
+            "model": cfg.model.name, "bundle": str(out), "files": files, "family": family,
+            "rows": {"train": len(train_block), "calibration": len(calib_block), "test": len(test_block)},
+            "test": _headline(report), "verdict": report["verdict"]["label"], "reasons": report["verdict"]["reasons"],
+            "trials": {k: report["trials"][k] for k in ("finished", "complete", "pruned", "failed")},
+            "study": req.study, "tracking": tracker.link, "seconds": round(time.perf_counter() - started, 1),
+            "synthetic_data": req.synthetic_data,
+        }
+    except BaseException:
+        tracker.finish(exit_code=1)  # a failed run shows as failed in W&B, not as running forever
+        raise
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -252,9 +269,16 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tracking_config(cfg: MLConfig, req: TrainRequest, data: Dataset, manifest: dict[str, Any]) -> dict[str, Any]:
+def _tracking_config(cfg: MLConfig, req: TrainRequest, data: Dataset) -> dict[str, Any]:
     return {
-        "ml": redacted_settings(cfg.model_dump()), "pairs": manifest["pairs"], "timeframe": req.timeframe, "timerange": req.timerange,
-        "data_start": data.info.get("start"), "data_end": data.info.get("end"),
-        "feature_set_id": data.feature_set_id, "git_commit": manifest["git_commit"], "study": req.study,
+        "ml": redacted_settings(cfg.model_dump()), "pairs": sorted(data.info["pairs"]), "timeframe": req.timeframe,
+        "timerange": req.timerange, "data_start": data.info.get("start"), "data_end": data.info.get("end"),
+        "feature_set_id": data.feature_set_id, "git_commit": git_commit(), "study": req.study,
+        "strategy": data.info["strategy"], "synthetic_data": req.synthetic_data,
     }
+
+
+def _tracking_tags(cfg: MLConfig, req: TrainRequest, data: Dataset) -> list[str]:
+    """Filters for the W&B project page: model, strategy, job, timeframe, synthetic data."""
+    tags = [cfg.model.name, data.info["strategy"], req.job_type, req.timeframe]
+    return list(dict.fromkeys(tags + (["synthetic-data"] if req.synthetic_data else [])))

@@ -83,8 +83,11 @@ def trial_params(best: optuna.trial.FrozenTrial, families: list[str]) -> tuple[s
 
 
 class Objective:
-    def __init__(self, data: TuningData, n_jobs: int):
-        self.data, self.n_jobs = data, n_jobs
+    """Mean out-of-fold log loss; ``on_fold(trial_number, folds_done, folds)`` after each fold
+    (a progress bar; only in this process)."""
+
+    def __init__(self, data: TuningData, n_jobs: int, on_fold=None):
+        self.data, self.n_jobs, self.on_fold = data, n_jobs, on_fold
 
     def __call__(self, trial: optuna.Trial) -> float:
         d = self.data
@@ -99,6 +102,8 @@ class Objective:
             losses.append(log_loss(d.y[val], p, labels=[0, 1]))
             briers.append(brier_score_loss(d.y[val], p))
             aucs.append(roc_auc_score(d.y[val], p) if len(np.unique(d.y[val])) == 2 else np.nan)
+            if self.on_fold:
+                self.on_fold(trial.number, step + 1, len(d.folds))
             trial.report(float(np.mean(losses)), step)
             if trial.should_prune():
                 trial.set_user_attr("folds_done", step + 1)
@@ -171,16 +176,40 @@ def split_cores(workers: int) -> list[list[int]]:
     return [[cores[i % len(cores)]] for i in range(workers)]
 
 
+class TrialWatcher:
+    """Tells ``progress(done)`` and ``on_trial(trial)`` about each trial of this run as it
+    finishes, whether this process ran it or a worker did."""
+
+    def __init__(self, study: optuna.Study, progress=None, on_trial=None):
+        self.progress, self.on_trial = progress, on_trial
+        self.seen = {t.number for t in self._finished(study)}
+        self.already = len(self.seen)
+
+    @staticmethod
+    def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        return study.get_trials(deepcopy=False, states=states)
+
+    def __call__(self, study: optuna.Study, _trial=None) -> None:
+        for trial in self._finished(study):
+            if trial.number not in self.seen:
+                self.seen.add(trial.number)
+                if self.on_trial:
+                    self.on_trial(trial)
+        if self.progress:
+            self.progress(finished(study) - self.already)
+
+
 def run_study(storage: str, name: str, data: TuningData, n_trials: int, timeout: float | None,
-              workers: int, n_jobs: int | None, progress=None) -> optuna.Study:
-    """Run ``n_trials`` more trials on the study (resuming it if it exists)."""
+              workers: int, n_jobs: int | None, progress=None, on_trial=None, on_fold=None) -> optuna.Study:
+    """Run ``n_trials`` more trials on the study (resuming it if it exists). ``progress(done)``,
+    ``on_trial(frozen_trial)`` and ``on_fold(trial_number, folds_done, folds)`` report as it goes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, _ = make_study(storage, name, data.seed)
-    already = finished(study)
+    watch = TrialWatcher(study, progress, on_trial)
     if workers <= 1:
-        callbacks = [lambda s, t: progress(finished(s) - already)] if progress else []
-        study.optimize(Objective(data, n_jobs or available_cores()), n_trials=n_trials, timeout=timeout,
-                       callbacks=callbacks, catch=())
+        study.optimize(Objective(data, n_jobs or available_cores(), on_fold), n_trials=n_trials, timeout=timeout,
+                       callbacks=[watch], catch=())
         return study
     shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
@@ -192,11 +221,9 @@ def run_study(storage: str, name: str, data: TuningData, n_trials: int, timeout:
         proc.start()
     while any(p.is_alive() for p in procs):
         time.sleep(0.5)
-        if progress:
-            progress(finished(study) - already)
+        watch(study)
     failed = [p.exitcode for p in procs if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"{len(failed)} tuning worker(s) failed with exit codes {failed}; see the log above.")
-    if progress:
-        progress(finished(study) - already)
+    watch(study)
     return study

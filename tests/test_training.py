@@ -3,9 +3,12 @@ resumable and parallel studies, W&B offline runs read back, bit-identical reload
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,7 +213,7 @@ def test_two_workers_share_a_study_on_disjoint_cores(cli_project):
     assert first and second and not first & second
 
 
-def test_wandb_offline_run_is_written_and_reads_back(cli_project):
+def test_wandb_offline_run_is_written_and_reads_back(cli_project, tmp_path):
     env_free = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     done = subprocess.run(
         [sys.executable, "-m", "ml.cli", "train", "-c", "config.json", "--pairs", "ETH/BTC", "LTC/BTC",
@@ -231,6 +234,24 @@ def test_wandb_offline_run_is_written_and_reads_back(cli_project):
     files = {f.path for f in artifact.manifest.contents}
     assert {"bundle.json", "calibrator.json", "metrics.json"} <= files
     assert any(f.startswith("model.") for f in files)
+    # a useful name, group, job type and tags; every trial's hyperparameters, logged as it finished
+    stamp = Path(summary["bundle"]).name
+    assert run["run"] == {"name": f"train-EveryFewHours-{stamp}", "group": "EveryFewHours", "job_type": "train",
+                          "tags": ["EveryFewHours", "train", "1h", "synthetic-data"]}
+    assert all("trial/params/family" in h and "trial/value" in h for h in trial_rows)
+    first_plot = next(i for i, h in enumerate(run["history"]) if "plots/reliability/path" in h)
+    assert max(run["history"].index(h) for h in trial_rows) < first_plot
+    assert run["config"]["best_trial"]["number"] in {0, 1, 2} and run["config"]["strategy"] == "EveryFewHours"
+    # The model travels with a copied wandb/ folder: every artifact file is inside it, by a
+    # path relative to the project folder (where `wandb sync wandb/offline-run-*` runs).
+    moved = tmp_path / "another-machine"
+    moved.mkdir()
+    shutil.copytree(cli_project / "wandb", moved / "wandb")
+    shutil.rmtree(cli_project / "wandb")
+    for entry in artifact.manifest.contents:
+        assert not Path(entry.local_path).is_absolute(), entry.local_path
+        copied = moved / entry.local_path
+        assert base64.b64encode(hashlib.md5(copied.read_bytes()).digest()).decode() == entry.digest
 
 
 def test_too_little_data_is_refused_with_numbers(cli_project):

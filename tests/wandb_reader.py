@@ -50,8 +50,8 @@ def _key(item) -> str:
 
 
 def read_run(path: Path) -> dict:
-    """Summary, history rows and artifacts of an offline run file."""
-    summary, history, artifacts, config = {}, [], [], {}
+    """Summary, history rows, artifacts, config and the run's name/group/job type/tags."""
+    summary, history, artifacts, config, run = {}, [], [], {}, {}
     for raw in payloads(path):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
@@ -63,7 +63,12 @@ def read_run(path: Path) -> dict:
             history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "artifact":
             artifacts.append(record.artifact)
+        elif kind == "run":
+            run = {"name": record.run.display_name, "group": record.run.run_group, "job_type": record.run.job_type,
+                   "tags": list(record.run.tags)}
+            for item in record.run.config.update:  # the config given to wandb.init
+                config[_key(item)] = json.loads(item.value_json)
         elif kind == "config":
             for item in record.config.update:
                 config[_key(item)] = json.loads(item.value_json)
-    return {"summary": summary, "history": history, "artifacts": artifacts, "config": config}
+    return {"summary": summary, "history": history, "artifacts": artifacts, "config": config, "run": run}
