@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 $(BIN)/ftml: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Need $(PYTHON) on PATH (Python 3.11)."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres,plot]'
 	@touch $(BIN)/ftml
 
 setup: $(BIN)/ftml

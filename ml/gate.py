@@ -15,7 +15,9 @@ Per candle the gate adds:
 * ``ml_proba`` / ``ml_ev``: calibrated P(the long trade opened here wins) and its expected
   value ``p*E[r | win] + (1-p)*E[r | loss]`` (returns measured on the model's calibration
   block, per side); ``ml_proba_short`` / ``ml_ev_short`` for shorts;
-* ``ml_blocked``: the candle is inside the model's training data (+ embargo).
+* ``ml_blocked``: the candle is inside the model's training data (+ embargo);
+* ``ml_rejected_long`` / ``ml_rejected_short``: the close where the user's signal was
+  refused (NaN elsewhere), drawn as crosses by ``freqtrade plot-dataframe``.
 
 An ``enter_long`` / ``enter_short`` of the user survives only where that side's EV is above
 ``ev_margin`` and the candle is not blocked; ``enter_tag`` is kept. The model is the
@@ -62,6 +64,15 @@ SIDES = {"long": ("enter_long", "ml_proba", "ml_ev"), "short": ("enter_short", "
 GATE_PLOTS = {
     "ML probability": {"ml_proba": {"color": "blue"}, "ml_proba_short": {"color": "orange"}},
     "ML expected value": {"ml_ev": {"color": "green", "type": "bar"}, "ml_ev_short": {"color": "red", "type": "bar"}},
+}
+# freqtrade plot-dataframe: the strategy's signals the gate refused, as crosses on the price
+# (the entries it kept are freqtrade's own entry markers).
+REJECTED = {"long": "ml_rejected_long", "short": "ml_rejected_short"}
+GATE_MAIN_PLOT = {
+    REJECTED["long"]: {"color": "grey", "plotly": {"mode": "markers", "name": "long signal refused by the ML gate",
+                                                   "marker": {"symbol": "x", "size": 9}}},
+    REJECTED["short"]: {"color": "purple", "plotly": {"mode": "markers", "name": "short signal refused by the ML gate",
+                                                      "marker": {"symbol": "x", "size": 9}}},
 }
 
 
@@ -110,7 +121,8 @@ class MLGate:
         try:
             user = dict(getattr(self, "plot_config", None) or {})
             subplots = {**GATE_PLOTS, **(user.get("subplots") or {})}
-            self.plot_config = {**user, "main_plot": user.get("main_plot", {}), "subplots": subplots}
+            main_plot = {**GATE_MAIN_PLOT, **(user.get("main_plot") or {})}
+            self.plot_config = {**user, "main_plot": main_plot, "subplots": subplots}
         except (AttributeError, TypeError):  # a read-only property: leave the user's
             pass
 
@@ -312,9 +324,12 @@ class MLGate:
         if self.model is None and self.ml.gate.fallback_ungated:
             self._say("fallback", "ML gate: no model, ml.gate.fallback_ungated is on: trading the un-gated entries.")
             return dataframe
-        for enter_col, _, ev_col in SIDES.values():
+        for side, (enter_col, _, ev_col) in SIDES.items():
             if enter_col not in dataframe:
+                dataframe[REJECTED[side]] = np.nan
                 continue
             keep = (dataframe[ev_col] > self.ev_margin.value) & ~dataframe["ml_blocked"]
-            dataframe.loc[(dataframe[enter_col] == 1) & ~keep, enter_col] = 0
+            refused = (dataframe[enter_col] == 1) & ~keep
+            dataframe[REJECTED[side]] = dataframe["close"].where(refused)  # for plot-dataframe
+            dataframe.loc[refused, enter_col] = 0
         return dataframe

@@ -190,7 +190,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
         (out / PLOTS).mkdir(parents=True, exist_ok=True)
         images = {
             "reliability": plots.reliability_diagram(report["raw"]["reliability"], report["calibrated"]["reliability"],
-                                                     report["calibrated"]["ece_noise_band_90"], out / PLOTS / "reliability.png"),
+                                                     report["calibrated"]["ece_noise_band_90"], out / PLOTS / "reliability.png",
+                                                     calib_info.get("method")),
             "feature_importance": plots.feature_importance(inputs, model.importance(len(inputs)),
                                                            out / PLOTS / "feature_importance.png"),
             "optimisation_history": plots.optimisation_history([tr.value for tr in trials], [tr.state.name for tr in trials],

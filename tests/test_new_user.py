@@ -147,3 +147,36 @@ def test_the_systemd_unit_runs_as_a_user_after_the_network_with_one_thread():
     assert re.search(r"^User=\S+", unit, flags=re.M)
     assert "Environment=OMP_NUM_THREADS=1" in unit  # what the Makefile sets
     assert "export OMP_NUM_THREADS ?= 1" in (REPO / "Makefile").read_text()
+
+
+def test_the_plots_say_what_they_draw():
+    from ml.plots import history_figure, reliability_figure
+
+    values = [0.69, None, 0.68, None, 0.67, 0.7]
+    states = ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"]
+    ax = history_figure(values, states).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["complete", "best so far", "pruned trial (2)"]
+    assert sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_label().startswith("pruned") or
+                  line.get_label().startswith("_")) == [1, 3]  # one line where each pruned trial ran
+    rows = [{"count": n, "mean_p": p, "hit_rate": h} for n, p, h in [(40, 0.42, 0.40), (400, 0.5, 0.52), (12, 0.6, 0.75)]]
+    fig = reliability_figure(rows, rows, [0.01, 0.05], method="sigmoid")
+    ax = fig.axes[0]
+    assert "calibrator: sigmoid" in ax.get_title() and "452 trades" in ax.get_title()
+    assert {t.get_text() for t in ax.texts} == {"n=40", "n=400", "n=12"}
+    assert any("calibrated (sigmoid)" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_the_docker_files_match_the_pinned_freqtrade_and_the_config():
+    pinned = re.search(r"^freqtrade==(\S+)$", (REPO / "constraints.txt").read_text(), flags=re.M).group(1)
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert f"FROM freqtradeorg/freqtrade:{pinned}\n" in dockerfile
+    compose = (REPO / "docker" / "docker-compose.yml").read_text()
+    config = json.loads((REPO / "config.json").read_text())
+    mounts = dict(re.findall(r'- "\.\./([^:"]+):(/freqtrade/[^:"]+)(?::ro)?"', compose))
+    # everything the config names relative to /freqtrade is the project's own folder
+    for folder in (config["user_data_dir"], config["strategy_path"], config["ml"]["registry"]["path"]):
+        assert mounts[folder] == f"/freqtrade/{folder}"
+    assert mounts["config.json"] == "/freqtrade/config.json"
+    strategy = re.search(r"--strategy (\S+)", compose).group(1)
+    assert (REPO / config["strategy_path"] / f"{strategy}.py").is_file()

@@ -44,7 +44,7 @@ def test_every_readme_command_runs(tmp_path):
     (tmp_path / "strategies").symlink_to(REPO / "strategies", target_is_directory=True)
     (tmp_path / "user_data").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ran = []
+    ran, outputs = [], {}
     for command in readme_commands():
         if command.startswith("make ") or any(n in command for n in NEEDS_NETWORK):
             continue
@@ -52,4 +52,11 @@ def test_every_readme_command_runs(tmp_path):
                               timeout=600)
         assert done.returncode == 0, f"README command failed: {command}\n{done.stderr[-2000:]}"
         ran.append(command)
+        outputs[command] = done.stdout
     assert len(ran) >= 10
+    # One path from train to cron: the model the README trains and promotes is the champion
+    # that `ftml retrain` scores a like-for-like challenger against (same strategy's trades).
+    retrain = json.loads(next(out for c, out in outputs.items() if "ftml retrain" in c).strip().splitlines()[-1])
+    assert retrain["model"] == "TrendPullback" and retrain["champion"] == 1, retrain
+    assert "challenger_test" in retrain and retrain["decision"] not in ("skipped", "error"), retrain
+    assert (tmp_path / "user_data" / "plot" / "freqtrade-plot-ETH_BTC-1h.html").is_file()

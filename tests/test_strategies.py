@@ -255,6 +255,22 @@ def test_hyperopt_of_exits_warns_and_reports_what_a_backtest_with_its_parameters
     assert "TrendPullback exits differently from the trades TrendPullback v1 learned from (minimal_roi" in log
 
 
+def test_plot_dataframe_shows_the_gates_probabilities_and_refused_signals(planted):
+    strategy = load_strategy(planted, "TrendPullbackML")
+    frame = live_frames(planted, "P1/BTC", "2025-08-01", candles=2000)
+    analysed = strategy.analyze_ticker(frame, {"pair": "P1/BTC"})
+    refused = analysed["ml_rejected_long"].notna()
+    assert refused.sum() > 0 and (analysed.loc[refused, "enter_long"] == 0).all()
+    assert (analysed.loc[refused, "ml_rejected_long"] == analysed.loc[refused, "close"]).all()
+    # as documented: a backtest exports the trades, plot-dataframe draws them with the signals
+    backtest(planted, "user_data/backtest_results", "--timerange", "20250601-20250801", strategies=("TrendPullbackML",))
+    done = run_ftml("freqtrade", "--offline", "plot-dataframe", "-c", "config.json", "--strategy", "TrendPullbackML",
+                    "--timerange", "20250601-20250801", "--pairs", "P1/BTC", cwd=planted)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (planted / "user_data" / "plot" / "freqtrade-plot-P1_BTC-1h.html").read_text()
+    assert "long signal refused by the ML gate" in html and "ML probability" in html and "ml_ev" in html
+
+
 # ---------------------------------------------------------------- live loop, in-process
 def live_frames(root: Path, pair: str, end: str, candles: int = 1200) -> pd.DataFrame:
     full = load_pair_history(pair, "1h", root / "user_data" / "data" / "binance")
