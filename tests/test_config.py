@@ -9,7 +9,7 @@ from tests.conftest import REPO, run_ftml, write_config
 def test_repo_config_parses_with_typed_values():
     cfg = mlconfig.load(REPO / "config.json")
     assert cfg.label.min_profit == 0.0 and isinstance(cfg.label.min_profit, float)
-    assert cfg.registry.path == "registry"
+    assert cfg.registry.path == str(REPO / "registry")  # relative paths: from the config file's folder
     assert cfg.training.strategy == "TrendPullback"
     assert cfg.tracking.mode in {"auto", "online", "offline", "disabled"}
 
