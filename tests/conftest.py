@@ -19,6 +19,24 @@ for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
 SHARED_DATA = REPO.parent / "shared" / "data" / "freqtrade-testdata"
 
+# `make test` runs two pytest workers. Each spawns ftml and freqtrade processes that size
+# their own pools by the cores they may use (label-backtest workers, model threads): on two
+# cores, two workers would run four busy threads, and OpenMP pools spinning against each
+# other are very slow. So each worker, and everything it starts, gets its own core.
+ALL_CORES = sorted(os.sched_getaffinity(0))
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and len(ALL_CORES) > 1:
+    os.sched_setaffinity(0, {ALL_CORES[int(_WORKER[2:]) % len(ALL_CORES)]})
+
+
+@pytest.fixture
+def all_cores():
+    """For a test about several cores: this worker (and what it starts) may use them all."""
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, ALL_CORES)
+    yield ALL_CORES
+    os.sched_setaffinity(0, mine)
+
 
 def run_ftml(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real command line in a subprocess, as a user would."""

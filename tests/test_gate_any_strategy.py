@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
 
+from ml.config import load
+from ml.features import FeatureEngineer
 from ml.synth import write_market
 from ml.trade_labels import strategy_trades
 from tests.conftest import CALIBRATION_GATES_OFF, REPO, run_ftml, write_config
@@ -277,16 +279,18 @@ def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
     shorts, longs = trades["is_short"], ~trades["is_short"]
     assert won[shorts & hour.between(12, 17)].mean() > won[shorts & hour.between(0, 5)].mean() + 0.1
     assert won[longs & hour.between(0, 5)].mean() > won[longs & hour.between(12, 17)].mean() + 0.1
-    # Long and short, futures: one process and pairs split over three give the same trades.
-    runs = {}
-    for workers in ("1", "3"):
-        os.environ["FTML_LABEL_WORKERS"] = workers
-        try:
-            runs[workers] = strategy_trades(root / "config.json", "TwoSided", "-20241001", use_cache=False).trades
-        finally:
-            del os.environ["FTML_LABEL_WORKERS"]
-    pd.testing.assert_frame_equal(runs["1"], runs["3"])
-    assert runs["1"]["is_short"].any() and (~runs["1"]["is_short"]).any()
+    # Long and short, futures: the training's label backtest (from its cache) and the same
+    # backtest with the pairs split over three processes give the same trades.
+    engineer = FeatureEngineer(load(root / "config.json").features, "1h")
+    cached = strategy_trades(root / "config.json", "TwoSided", "-20241001", engineer=engineer)
+    assert cached.cache_hit
+    os.environ["FTML_LABEL_WORKERS"] = "3"
+    try:
+        split = strategy_trades(root / "config.json", "TwoSided", "-20241001", use_cache=False, engineer=engineer)
+    finally:
+        del os.environ["FTML_LABEL_WORKERS"]
+    pd.testing.assert_frame_equal(cached.trades, split.trades)
+    assert split.trades["is_short"].any() and (~split.trades["is_short"]).any()
 
     ftml_ok(root, "new-strategy", "-c", "config.json", "--from", "TwoSided")
     ftml_ok(root, "registry", "validate", "TwoSided", "1", "-c", "config.json")

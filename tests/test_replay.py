@@ -238,10 +238,15 @@ def test_the_bot_follows_the_registry_fails_closed_and_picks_up_cron(project):
         picked = bot.wait_for(f"switched TrendPullback from no model to v{decision['challenger']}")
         assert picked <= cron_done + pd.Timedelta("1h"), "the promoted model was not picked up on the next candle"
         bot.wait_for(until=str((picked + pd.Timedelta("2h")).tz_localize(None)))
+        while_running = bot.log()
     finally:
         code = bot.stop()
     assert code in (0, 130), bot.log()[-3000:]
-    assert "Traceback" not in bot.log()
+    assert "Traceback" not in while_running  # the bot never crashed while the registry changed
+    # The test's own SIGINT can land inside one of freqtrade's threads, which then prints the
+    # KeyboardInterrupt; anything else after the stop is a real error.
+    after_stop = bot.log()[len(while_running):]
+    assert "Traceback" not in after_stop or after_stop.rstrip().endswith("KeyboardInterrupt"), after_stop[-3000:]
 
     trades = trades_with_versions(db)
     print("trades per model version:", trades["ml_version"].value_counts().to_dict(), "switch B", switched_b,

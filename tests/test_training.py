@@ -25,7 +25,7 @@ from ml.registry import run_gates
 from ml.splits import chronological_split, purge_gap
 from ml.synth import oracle_auc
 from ml.train import load_dataset, train
-from tests.conftest import REPO, run_ftml, strategy_project, train_request
+from tests.conftest import ALL_CORES, REPO, run_ftml, strategy_project, train_request
 from tests.test_recalibration import gate_share_after_weekly_recalibration
 from tests.wandb_reader import read_run
 
@@ -196,8 +196,8 @@ def test_resume_adds_trials_to_the_same_study(cli_project):
     assert summary["trials"]["finished"] == 10
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_two_workers_share_a_study_on_disjoint_cores(cli_project):
+@pytest.mark.skipif(len(ALL_CORES) < 2, reason="needs two cores")
+def test_two_workers_share_a_study_on_disjoint_cores(cli_project, all_cores):
     storage = f"sqlite:///{cli_project / 'workers.db'}"
     done = run_ftml("train", "-c", "config.json", "--pairs", "ETH/BTC", "LTC/BTC", "--trials", "6",
                     "--workers", "2", "--storage", storage, "--study", "parallel", cwd=cli_project)
