@@ -289,9 +289,60 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     def run() -> dict:
         cfg = mlconfig.load(args.config)
-        return run_retrain(args.config, cfg, freqtrade_settings(args.config), args.dry_run, args.download)
+        from ml.recalibrate import choose_now
+
+        ft = freqtrade_settings(args.config)
+        now = choose_now(ft, args.now) if args.now else None
+        if now is not None and args.download:
+            raise UserError("--now replays a moment in the past: it cannot be combined with --download")
+        return run_retrain(args.config, cfg, ft, args.dry_run, args.download, now)
 
     return recorded("retrain", args, run)
+
+
+# ---------------------------------------------------------------- walkforward
+def cmd_walkforward(args: argparse.Namespace) -> int:
+    from ml.walkforward import WalkForward, parse_every
+
+    cfg = mlconfig.load(args.config)
+    wf = WalkForward(args.config, cfg, freqtrade_settings(args.config), args.timerange, parse_every(args.every),
+                     args.strategy, args.trials, args.workers, use_cache=args.cache != "none")
+    result = wf.run()
+    if not args.json:
+        print_walkforward(result)
+    print(jsonsafe.dumps({k: result[k] for k in ("model", "timerange", "overall", "trained", "reused", "timings",
+                                                  "plots", "folder", "tracking")}))
+    return EXIT_OK
+
+
+def print_walkforward(result: dict) -> None:
+    from rich.table import Table
+
+    from ml.display import make_console
+
+    def num(value, fmt=".4f"):
+        return "-" if value is None else format(value, fmt)
+
+    table = Table(title=f"Walk-forward {result['model']} {result['timerange'][0][:10]} -> {result['timerange'][1][:10]}")
+    for col in ("step", "from", "decision", "prod", "rows", "AUC", "log loss", "base-rate LL", "CITL (SE)", "Z",
+                "gated trades / profit", "un-gated trades / profit"):
+        table.add_column(col)
+    for s in result["steps"]:
+        sc, bt = s["scores"], s["backtest"]
+        table.add_row(str(s["step"]), s["moment"][:10], s["decision"], f"v{s['production']}" if s["production"] else "-",
+                      str(sc.get("rows", 0)), num(sc.get("auc"), ".3f"), num(sc.get("log_loss")),
+                      num(sc.get("base_rate_log_loss")),
+                      f"{num(sc.get('calibration_in_the_large'), '+.3f')} ({num(sc.get('calibration_in_the_large_se'), '.3f')})",
+                      num(sc.get("spiegelhalter_z"), "+.2f"),
+                      f"{bt['gated']['trades']} / {bt['gated']['profit_abs']:.4f}",
+                      f"{bt['ungated']['trades']} / {bt['ungated']['profit_abs']:.4f}")
+    console = make_console()
+    console.print(table)
+    sc = result["overall"].get("scores", {})
+    console.print(f"Overall: AUC {num(sc.get('auc'), '.3f')}, log loss {num(sc.get('log_loss'))} vs base rate "
+                  f"{num(sc.get('base_rate_log_loss'))}, Z {num(sc.get('spiegelhalter_z'), '+.2f')}; promotions "
+                  f"{result['overall']['promotions']}; trained {len(result['trained'])}, reused {len(result['reused'])}. "
+                  f"Plots: {', '.join(result['plots'].values())}")
 
 
 # ---------------------------------------------------------------- recalibrate
@@ -495,6 +546,28 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--json", action="store_true")
     drift.set_defaults(func=cmd_drift)
 
+    wf = sub.add_parser(
+        "walkforward",
+        help="replay the cron job over history (retrain and recalibrate every --every), then one backtest",
+        description="Walk-forward: at each step (every --every from the start of --timerange) run what `ftml retrain "
+        "--now <step>` would have run on the candles known then, into a scratch registry under "
+        "user_data/walkforward/; then one backtest over the whole timerange where each candle is scored by the "
+        "version in production at its time, next to the un-gated strategy; and a per-step report with plots. "
+        "Challengers are cached by content hash: a rerun trains only what changed.",
+    )
+    wf.add_argument("-c", "--config", default="config.json")
+    wf.add_argument("--strategy", help="the un-gated strategy (default: ml.training.strategy); the gated one is "
+                    "ml.retrain.strategy, or <strategy>ML")
+    wf.add_argument("--timerange", required=True, type=timerange_arg, help="the traded range, e.g. 20250101-20260101; "
+                    "training needs ml.retrain.window_days + train_days of candles before it")
+    wf.add_argument("--every", default="30d", help="time between two cron runs: 30d, 2w, 12h (default: %(default)s)")
+    wf.add_argument("--trials", type=int, help="Optuna trials per challenger (default: ml.training.trials)")
+    wf.add_argument("--workers", type=int, default=1, help="train challengers in this many processes (default: 1)")
+    wf.add_argument("--cache", choices=["auto", "none"], default="auto",
+                    help="none: retrain every challenger (default: reuse unchanged ones)")
+    wf.add_argument("--json", action="store_true", help="only the JSON summary line")
+    wf.set_defaults(func=cmd_walkforward)
+
     rt = sub.add_parser(
         "retrain",
         help="cron job: train a challenger, score it against the champion on the same new window, "
@@ -506,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("-c", "--config", default="config.json")
     rt.add_argument("--dry-run", action="store_true", help="train and score, but change nothing in the registry")
     rt.add_argument("--download", action="store_true", help="run freqtrade download-data first (needs a network)")
+    rt.add_argument("--now", metavar="DATE", help="run as if the time were DATE (e.g. 2025-06-09 or 2025-06-09T14:00): "
+                    "only candles closed and trades resolved before it are used; for replays and walk-forward")
     rt.set_defaults(func=cmd_retrain)
 
     rc = sub.add_parser(

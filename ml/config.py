@@ -97,6 +97,8 @@ class GateSettings(_Section):
     min_ev_return: float = Field(0.0, ge=-1.0, le=1.0)
     in_sample_guard: bool = True
     fallback_ungated: bool = False
+    walkforward: str | None = Field(None, description="A walk-forward schedule (ftml walkforward writes it): in a "
+                                    "backtest, each candle is scored by the version in production at its time.")
 
 
 class TrackingSettings(_Section):

@@ -50,6 +50,7 @@ from ml.calibration import has_no_ranking
 from ml.config import config_folder, from_dict
 from ml.errors import FtmlError
 from ml.features import FeatureEngineer
+from ml.gate_schedule import Schedule
 from ml.metrics import expected_value
 from ml.predictor import ProductionModel, stat_key
 from ml.registry import open_registry
@@ -109,6 +110,7 @@ class MLGate:
         self._said: set[str] = set()
         self._last_check: pd.Timestamp | None = None
         self._scored_by: dict[str, ProductionModel | None] = {}  # pair -> model of its newest analysis
+        self._schedule: Schedule | None = None  # a walk-forward backtest: the model of each moment
         self._registry = open_registry(self.ml.registry.path)
         self._seen_key = stat_key(self._registry.index)
         # config.json's ml.gate.ev_margin is the default freqtrade's parameter loading starts
@@ -199,12 +201,29 @@ class MLGate:
                            "same parameters; to use new exits, adopt them in %s, retrain (ftml train), then tune "
                            "ev_margin alone with --spaces buy.", self.ml_strategy, ", ".join(sorted(tuned)),
                            self.ml_strategy)
-        model = self._try_load()
-        if model is not None:
+        if self.ml.gate.walkforward:
+            self._start_schedule(self.ml.gate.walkforward)
+        elif (model := self._try_load()) is not None:
             self._use(model)
         if not self.ml.gate.in_sample_guard:
             logger.warning("IN-SAMPLE GUARD OFF (ml.gate.in_sample_guard = false): entries are allowed on "
                            "candles the model was trained on; backtest results on them are optimistic.")
+
+    def _start_schedule(self, path: str) -> None:
+        """A walk-forward backtest: each candle scored by the version in production at its time."""
+        if self.config.get("runmode") in LIVE_MODES:
+            self._close("ML gate closed: ml.gate.walkforward is for backtests; a running bot follows the registry. "
+                        "Remove it from the config; no entries.")
+            return
+        try:
+            self._schedule = Schedule.load(path, self.engineer)
+        except (FtmlError, OSError, ValueError) as err:
+            self._close("ML gate closed (no entries): %s", err)
+            return
+        if self._schedule.models:
+            self._use(self._schedule.models[-1])
+        logger.info("ML gate: walk-forward schedule %s, %d segments, versions %s.", path, len(self._schedule.segments),
+                    [s.model.version if s.model else None for s in self._schedule.segments])
 
     def _close(self, message: str, *args) -> None:
         """Stop entering (open trades keep their exits); logged once per registry change."""
@@ -264,44 +283,60 @@ class MLGate:
         if len(dataframe):
             self._maybe_reload(dataframe["date"].iloc[-1])
         self._scored_by[pair] = self.model
-        blocked = np.zeros(len(dataframe), dtype=bool)
-        probas = {side: np.full(len(dataframe), np.nan) for side in SIDES}
-        if self.model is not None:
+        n = len(dataframe)
+        blocked = np.zeros(n, dtype=bool)
+        probas = {side: np.full(n, np.nan) for side in SIDES}
+        evs = {side: np.full(n, np.nan) for side in SIDES}
+        # One model for every candle, or (a walk-forward backtest) each candle's own.
+        parts = self._schedule.parts(dataframe["date"]) if self._schedule else [(slice(None), self.model)]
+        features = None
+        for rows, model in parts:
+            if model is None:
+                continue
             try:
-                features = self.engineer.features(dataframe, pair)
-                probas = {side: self._predict(features, side) for side in SIDES}
+                if features is None:
+                    features = self.engineer.features(dataframe, pair)
+                for side in SIDES:
+                    probas[side][rows] = self._predict(features.iloc[rows], side, model)
+                    outcome = self._outcome_of(model, side)
+                    evs[side][rows] = expected_value(probas[side][rows], outcome["win"], outcome["loss"])
             except Exception as err:  # a failing prediction must not stop the bot
                 self._say(f"predict:{type(err).__name__}", "ML gate closed for %s: prediction failed: %s", pair, err)
-            blocked = self._in_sample(dataframe, pair)
+            blocked[rows] = self._in_sample(dataframe.iloc[rows], pair, model)
         for side, (_, proba_col, ev_col) in SIDES.items():
+            probas[side][: self.engineer.startup_candles] = np.nan  # features still warming up
             dataframe[proba_col] = probas[side]
-            dataframe[ev_col] = expected_value(probas[side], self._outcome[side]["win"], self._outcome[side]["loss"])
+            dataframe[ev_col] = np.where(np.isnan(probas[side]), np.nan, evs[side])
         dataframe["ml_blocked"] = blocked
         return dataframe
 
-    def _predict(self, features: pd.DataFrame, side: str) -> np.ndarray:
+    def _outcome_of(self, model: ProductionModel, side: str) -> dict[str, float]:
+        if model is self.model:
+            return self._outcome[side]
+        return outcome_returns_of(model.entry, side) if side in (model.entry.get("sides") or ["long"]) \
+            else {"win": np.nan, "loss": np.nan}
+
+    def _predict(self, features: pd.DataFrame, side: str, model: ProductionModel) -> np.ndarray:
         """Calibrated P(win) of a trade on ``side`` opened from each candle (NaN: no decision)."""
         n = len(features)
-        if side not in (self.model.entry.get("sides") or ["long"]):
+        if side not in (model.entry.get("sides") or ["long"]):
             return np.full(n, np.nan)
-        if SIDE_FEATURE in self.model.feature_names:
+        if SIDE_FEATURE in model.feature_names:
             features = features.assign(**{SIDE_FEATURE: 1.0 if side == "short" else 0.0})
         # numpy's SIMD exp/log can differ in the last bit from the scalar tail of an array,
         # so a row's p could depend on the frame's length: round that away (freqtrade's
         # lookahead-analysis compares exactly).
-        proba = np.round(self.model.predict_proba(features), 10)
-        proba[: self.engineer.startup_candles] = np.nan  # features still warming up
-        return proba
+        return np.round(model.predict_proba(features), 10)
 
-    def _in_sample(self, df: pd.DataFrame, pair: str) -> np.ndarray:
+    def _in_sample(self, df: pd.DataFrame, pair: str, model: ProductionModel) -> np.ndarray:
         if not self.ml.gate.in_sample_guard:
             return np.zeros(len(df), dtype=bool)
-        limit = self.model.train_end + pd.Timedelta(self.timeframe) * self.ml.training.embargo
+        limit = model.train_end + pd.Timedelta(self.timeframe) * self.ml.training.embargo
         blocked = (df["date"] <= limit).to_numpy()
         if blocked.any():
-            self._say(f"insample:{pair}:{self.model.version}", "In-sample guard: %d candles of %s are at or before "
+            self._say(f"insample:{pair}:{model.version}", "In-sample guard: %d candles of %s are at or before "
                       "%s (model %s v%s train_end + embargo): no entries there.", int(blocked.sum()), pair, limit,
-                      self.model.name, self.model.version, level=logging.INFO)
+                      model.name, model.version, level=logging.INFO)
         return blocked
 
     def order_filled(self, pair: str, trade, order, current_time, **kwargs) -> None:
@@ -311,7 +346,7 @@ class MLGate:
                              **kwargs)
         if self.ml_ungated or order.ft_order_side != trade.entry_side or trade.get_custom_data("ml_model"):
             return
-        model = self._scored_by.get(pair)
+        model = self._schedule.model_at(current_time) if self._schedule else self._scored_by.get(pair)
         trade.set_custom_data("ml_model", _label(model))
         if model is not None:
             trade.set_custom_data("ml_version", int(model.version))

@@ -87,7 +87,10 @@ class ProductionModel:
     stat_key: tuple[int, int] | None
 
     @classmethod
-    def load(cls, store: str | Path | Registry, name: str, engineer: FeatureEngineer | None = None) -> ProductionModel:
+    def load(cls, store: str | Path | Registry, name: str, engineer: FeatureEngineer | None = None,
+             version: int | None = None, revision: int | None = None) -> ProductionModel:
+        """The production version, verified; or, for a walk-forward backtest, ``version`` at
+        calibration ``revision`` (None: its trained calibrator) as it was at some moment."""
         registry = open_registry(store)
         key = stat_key(registry.index)
         doc = registry.read()
@@ -95,7 +98,10 @@ class ProductionModel:
         if disabled:
             raise RegistryError(f"{name} is disabled by the operator ({disabled.get('reason')}, {disabled.get('time')}): "
                                 f"no entries. `ftml registry enable {name}` lifts it.")
-        entry = registry.production(name, doc) if name in doc["models"] else None
+        if version is not None:
+            entry = {**registry.version(name, version, doc), "calibration_revision": revision}
+        else:
+            entry = registry.production(name, doc) if name in doc["models"] else None
         if entry is None:
             raise RegistryError(f"No production model '{name}' in {registry.root}: run `ftml registry list`, "
                                 f"or `ftml train` then `ftml registry promote {name} <version>`.")

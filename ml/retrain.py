@@ -10,7 +10,8 @@
    so neither model was trained or calibrated on it.
 4. Drift of the champion (``ml.drift``); with ``retrain.when = drift_or_age`` a stable,
    young champion is kept without training (decision "skipped").
-5. Challenger: ``ml.train`` on the ``retrain.train_days`` before the window.
+5. Challenger: ``ml.train`` on the ``retrain.train_days`` before the nominal window
+   (newest candle - ``window_days``; never moved by the champion, see challenger_request).
 6. Both models scored on the same window rows (log loss, Brier, ECE, EV gate), then a real
    freqtrade backtest of the gated strategy with each model on that window (offline
    runner), each from a throw-away registry where that model is production.
@@ -49,7 +50,7 @@ from filelock import FileLock, Timeout
 from ml import jsonsafe, tracking
 from ml.bundle import load_bundle
 from ml.config import ConfigError, MLConfig, from_dict
-from ml.data import newest_candle
+from ml.data import DataError, newest_candle
 from ml.dataset import build_trade_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate, row_log_loss
 from ml.registry import (
@@ -98,10 +99,21 @@ def logloss_refusal(scores: dict[str, Any], min_gain: float) -> str | None:
             f"(the larger of min_logloss_gain and 2 SE = {2 * gain['se']:.5f})")
 
 
+def _epoch(ts: pd.Timestamp) -> int:
+    return int(pd.Timestamp(ts).timestamp())
+
+
 class Retrain:
-    def __init__(self, config_path: Path, cfg: MLConfig, ft: dict[str, Any], dry_run: bool, download: bool):
+    """One round. ``now``: run as if the time were ``now`` (a walk-forward step, a replay):
+    only candles before it are known, and only trades closed before it are labels.
+    ``challenger(request) -> (train summary, bundle folder)`` replaces training (a
+    walk-forward reuses the challenger it trained, or cached, for this moment)."""
+
+    def __init__(self, config_path: Path, cfg: MLConfig, ft: dict[str, Any], dry_run: bool, download: bool,
+                 now: pd.Timestamp | None = None, challenger=None):
         self.config_path, self.cfg, self.ft = config_path, cfg, ft
         self.dry_run, self.download = dry_run, download
+        self.now, self.challenger = now, challenger
         self.user_data = Path(ft["user_data_dir"]).resolve()
         self.registry = open_registry(cfg.registry.path)
         self.strategy = cfg.training.strategy
@@ -140,8 +152,20 @@ class Retrain:
             self.notes.append(note)
 
     def data_end(self) -> pd.Timestamp:
-        """The newest stored candle over the pairs, read in the config's data format."""
-        return newest_candle(self.ft)
+        """The newest candle known: the newest stored one over the pairs, or with ``now`` the
+        newest one closed by then."""
+        newest = newest_candle(self.ft)
+        if self.now is None:
+            return newest
+        known = self.now - pd.Timedelta(self.ft["timeframe"])
+        if newest < known:
+            raise DataError(f"retrain --now {self.now}: the candles end at {newest}; nothing is known up to that moment")
+        return known
+
+    def _until(self, end: pd.Timestamp) -> str:
+        """The end of a label backtest or backtest timerange: the data's end, or ``now``
+        exactly (a trade still open then is not a label yet)."""
+        return str(_epoch(self.now)) if self.now is not None else ""
 
     def window_rows(self, start: pd.Timestamp, end: pd.Timestamp):
         """The rows of the window: the strategy's own trades opened in it (its label backtest
@@ -150,7 +174,8 @@ class Retrain:
         from ml.trade_labels import strategy_trades
 
         engineer = FeatureEngineer(self.cfg.features, self.ft["timeframe"])
-        run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-", self.ft["pairs"], engineer=engineer)
+        run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-{self._until(end)}", self.ft["pairs"],
+                              engineer=engineer)
         data = build_trade_dataset(self.cfg, run, min_rows=0)
         keep = (data.times > _ns(start)) & (data.times <= _ns(end))
         rows = data.take(np.flatnonzero(keep))
@@ -196,7 +221,8 @@ class Retrain:
             export = tmp / "bt"
             export.mkdir()
             cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting", "-c", str(tmp / "config.json"),
-                   "--strategy", self.cfg.retrain.strategy, "--timerange", f"{_day(start)}-{_day(end + pd.Timedelta(days=1))}",
+                   "--strategy", self.cfg.retrain.strategy, "--timerange",
+                   f"{_day(start)}-{self._until(end) or _day(end + pd.Timedelta(days=1))}",
                    "--export", "trades", "--backtest-directory", str(export), "--cache", "none"]
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                   preexec_fn=_die_with_parent)
@@ -228,7 +254,7 @@ class Retrain:
         summary: dict[str, Any] = {"model": self.name, "dry_run": self.dry_run, "champion": champion and champion["id"],
                                    "challenger": None, "window": [str(start), str(end)], "notes": self.notes}
         drift = None
-        if champion:
+        if champion and self.now is None:  # drift reads the newest candles: a moment in the past has its own
             from ml.drift_check import run_drift
 
             drift = self._timed("drift", run_drift, self.cfg, self.ft, self.name, self.cfg.retrain.window_days,
@@ -243,15 +269,14 @@ class Retrain:
             return self._finish(summary, "skipped", [f"only {end - start} of candles after the champion's training; "
                                                      f"need {self.cfg.retrain.min_window_days} days"])
 
-        # ---- challenger on the train_days before the window
-        train_from = start - pd.Timedelta(days=self.cfg.retrain.train_days)
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        bundle_dir = self.user_data / "models" / self.name / f"retrain-{stamp}"
-        request = TrainRequest(Path(self.config_path), self.strategy, self.ft["pairs"], self.ft["timeframe"],
-                               f"{_day(train_from)}-{_day(start - step * self.cfg.training.embargo)}", bundle_dir,
-                               self.cfg.training.storage or f"sqlite:///{self.user_data / 'optuna.sqlite3'}",
-                               f"{self.name}-retrain-{stamp}", job_type="retrain")
-        trained = self._timed("train", train, self.cfg, request)
+        # ---- challenger on the train_days before the nominal window (end - window_days),
+        # whatever the champion: its training never depends on the previous decision, so a
+        # walk-forward can train every step's challenger at once
+        request = challenger_request(self, end)
+        if self.challenger is not None:
+            trained, bundle_dir = self._timed("train", self.challenger, request)
+        else:
+            trained, bundle_dir = self._timed("train", train, self.cfg, request), request.output
         summary["challenger_test"] = {k: trained["test"][k] for k in ("auc", "brier_skill", "ece", "ev_gate_trades")}
 
         # ---- same window, both models
@@ -329,7 +354,7 @@ class Retrain:
         from ml.recalibrate import recalibrate
 
         try:
-            result = self._timed("recalibrate", recalibrate, self.config_path, self.cfg, self.ft, self.strategy)
+            result = self._timed("recalibrate", recalibrate, self.config_path, self.cfg, self.ft, self.strategy, self.now)
         except Exception as err:  # noqa: BLE001 - the round's decision stands; say why recalibration did not run
             logger.warning("Recalibration of the champion failed: %s", err)
             result = {"decision": "error", "reasons": [str(err).splitlines()[0] if str(err) else type(err).__name__]}
@@ -381,6 +406,20 @@ def _write_owner(owner: Path, holder: dict[str, Any]) -> None:
     os.replace(tmp, owner)
 
 
+def challenger_request(job: Retrain, end: pd.Timestamp) -> TrainRequest:
+    """The challenger's training run: the strategy's trades of ``retrain.train_days`` before
+    the nominal window ``[end - window_days, end]``, up to an embargo before it."""
+    step = pd.Timedelta(job.ft["timeframe"])
+    window_start = end - pd.Timedelta(days=job.cfg.retrain.window_days)
+    train_from = window_start - pd.Timedelta(days=job.cfg.retrain.train_days)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return TrainRequest(Path(job.config_path), job.strategy, job.ft["pairs"], job.ft["timeframe"],
+                        f"{_day(train_from)}-{_day(window_start - step * job.cfg.training.embargo)}",
+                        job.user_data / "models" / job.name / f"retrain-{stamp}",
+                        job.cfg.training.storage or f"sqlite:///{job.user_data / 'optuna.sqlite3'}",
+                        f"{job.name}-retrain-{stamp}", job_type="retrain")
+
+
 def record_run(user_data: Path, summary: dict[str, Any], job: str = "retrain") -> None:
     """Append the run's summary, timestamped, to user_data/logs/<job>.jsonl; a failed run
     also gets its line in <job>.log (a successful one logged itself already)."""
@@ -408,7 +447,7 @@ def _setup_log(user_data: Path) -> logging.Handler:
 
 
 def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_run: bool = False,
-                download: bool = False) -> dict[str, Any]:
+                download: bool = False, now: pd.Timestamp | None = None) -> dict[str, Any]:
     """One round, under the lock. Returns the summary (decision 'locked' when another run holds it)."""
     config_path = Path(config_path).resolve()
     user_data = Path(ft["user_data_dir"]).resolve()
@@ -434,7 +473,7 @@ def run_retrain(config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], dry_
             notes.append(f"removed {len(stale)} scratch folders left by a killed run ({', '.join(stale[:5])})")
             logger.warning(notes[-1])
         _write_owner(owner, {"pid": os.getpid(), "started": datetime.now(UTC).isoformat(timespec="seconds")})
-        job = Retrain(config_path, cfg, ft, dry_run, download)
+        job = Retrain(config_path, cfg, ft, dry_run, download, now)
         job.notes.extend(notes)
         summary = job.run()
         tracker = tracking.start(cfg.tracking, {"ml": redacted_settings(cfg.model_dump()), "retrain": True},
