@@ -9,7 +9,6 @@ unless told ``--force``; ``data check``, ``train`` and ``demo`` say which files 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -17,20 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ml.errors import FtmlError
+from ml.registry import sha256_file
 
 MARKER = "ftml-synthetic.json"
 
 
 class OverwriteRefused(FtmlError):
     """``data synth`` would replace candle files it did not write."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_marker(datadir: str | Path) -> dict[str, dict[str, Any]]:
@@ -48,7 +40,7 @@ def synthetic_files(datadir: str | Path, names: list[str] | None = None) -> dict
     found = {}
     for name, info in read_marker(datadir).items():
         path = datadir / name
-        if (names is None or name in names) and path.is_file() and _sha256(path) == info.get("sha256"):
+        if (names is None or name in names) and path.is_file() and sha256_file(path) == info.get("sha256"):
             found[name] = info
     return found
 
@@ -74,7 +66,7 @@ def mark(datadir: str | Path, paths: list[Path], info: dict[str, Any]) -> None:
     files = read_marker(datadir)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     for path in paths:
-        files[path.name] = {**info, "written": stamp, "sha256": _sha256(path)}
+        files[path.name] = {**info, "written": stamp, "sha256": sha256_file(path)}
     tmp = datadir / f".{MARKER}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"note": "candle files written by `ftml data synth`; a file whose sha256 differs "
                                "(e.g. downloaded over) is real", "files": files}, indent=1, sort_keys=True))

@@ -146,8 +146,6 @@ def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str
 def calibration_over_time(steps: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from ml.plots import _save
-
     scored = [s for s in steps if "mean_p" in s["scores"]]
     fig, ax = plt.subplots(figsize=(7.5, 4))
     if scored:
@@ -159,20 +157,13 @@ def calibration_over_time(steps: list[dict[str, Any]], path: Path) -> Path:
         ax.errorbar(x, hit, yerr=2 * se, marker="s", capsize=3, label="observed win rate ±2 SE")
     else:
         ax.text(0.5, 0.5, "no step had a model in production", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("step (start of its trading window)")
-    ax.set_ylabel("probability")
-    ax.set_title("Calibration over time: each step's model on its own trading window")
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return _save(fig, path)
+    return _dated(fig, ax, "step (start of its trading window)", "probability",
+                  "Calibration over time: each step's model on its own trading window", path)
 
 
 def cumulative_profit(gated: pd.DataFrame, plain: pd.DataFrame, gated_name: str, plain_name: str,
                       path: Path) -> Path:
     import matplotlib.pyplot as plt
-
-    from ml.plots import _save
 
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for trades, label in ((plain, f"{plain_name} (un-gated)"), (gated, f"{gated_name} (gated)")):
@@ -181,9 +172,17 @@ def cumulative_profit(gated: pd.DataFrame, plain: pd.DataFrame, gated_name: str,
             ax.step(ordered["close_date"].dt.tz_localize(None), ordered["profit_abs"].cumsum(), where="post",
                     label=f"{label}: {len(trades)} trades")
     ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("close date")
-    ax.set_ylabel("cumulative profit (stake currency)")
-    ax.set_title("One backtest over the walk-forward: gated vs un-gated")
+    return _dated(fig, ax, "close date", "cumulative profit (stake currency)",
+                  "One backtest over the walk-forward: gated vs un-gated", path)
+
+
+def _dated(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, legend and date ticks of a plot over time, then the PNG."""
+    from ml.plots import _save
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
