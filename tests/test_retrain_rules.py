@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from filelock import FileLock
 
@@ -51,8 +52,10 @@ def test_retrain_and_demo_read_any_data_format(tmp_path, data_format):
     ft = {"pairs": ["A/BTC", "B/BTC"], "datadir": datadir, "timeframe": "1h", "data_format": data_format,
           "user_data_dir": str(tmp_path)}
     job = Retrain.__new__(Retrain)
-    job.ft = ft
+    job.ft, job.now = ft, None
     assert str(job.data_end()) == "2024-01-21 19:00:00+00:00"  # 500 hourly candles from 2024-01-01
+    job.now = pd.Timestamp("2024-01-10", tz="UTC")  # retrain --now: the newest candle closed by then
+    assert str(job.data_end()) == "2024-01-09 23:00:00+00:00"
     assert _ranges(datadir, "A/BTC", "1h", data_format) == ("-20240116", "20240117-")
 
 
