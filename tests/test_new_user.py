@@ -180,3 +180,16 @@ def test_the_docker_files_match_the_pinned_freqtrade_and_the_config():
     assert mounts["config.json"] == "/freqtrade/config.json"
     strategy = re.search(r"--strategy (\S+)", compose).group(1)
     assert (REPO / config["strategy_path"] / f"{strategy}.py").is_file()
+
+
+def test_a_failed_recalibration_is_recorded_like_a_failed_retrain(project):
+    """cron runs `ftml recalibrate` too: a failure is one JSON line on stdout and in
+    recalibrate.jsonl, and an entry in recalibrate.log, never only a traceback on stderr."""
+    done = run_ftml("recalibrate", "-c", "config.json", cwd=project)  # no candles, no model
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["decision"] == "error" and line["exit_code"] == 2
+    logs = project / "user_data" / "logs"
+    recorded = json.loads((logs / "recalibrate.jsonl").read_text().splitlines()[-1])
+    assert recorded["decision"] == "error" and "time" in recorded
+    assert "Recalibrate failed (exit 2)" in (logs / "recalibrate.log").read_text()
