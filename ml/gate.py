@@ -77,6 +77,13 @@ GATE_MAIN_PLOT = {
 }
 
 
+def side_outcomes(model: ProductionModel) -> dict[str, dict[str, float]]:
+    """E[r | win] and E[r | loss] per side; a side the model never saw has none (NaN EV: no entry)."""
+    sides = model.entry.get("sides") or ["long"]
+    return {side: outcome_returns_of(model.entry, side) if side in sides else {"win": np.nan, "loss": np.nan}
+            for side in SIDES}
+
+
 def _label(model: ProductionModel | None) -> str:
     """'v3', or 'v3 (calibration r2)' when a recalibration revision is active."""
     if model is None:
@@ -165,9 +172,7 @@ class MLGate:
     def _use(self, model: ProductionModel) -> None:
         self.model = model
         sides = model.entry.get("sides") or ["long"]
-        # A side the model never saw has no measured outcomes: its EV stays NaN (no entry).
-        self._outcome = {side: outcome_returns_of(model.entry, side) if side in sides
-                         else {"win": np.nan, "loss": np.nan} for side in SIDES}
+        self._outcome = side_outcomes(model)
         margin = float(self.ev_margin.value)
         evs = ", ".join(f"{side}: p*{self._outcome[side]['win']:.4f} + (1-p)*{self._outcome[side]['loss']:.4f}"
                         for side in sides)
@@ -296,25 +301,20 @@ class MLGate:
             try:
                 if features is None:
                     features = self.engineer.features(dataframe, pair)
+                outcomes = self._outcome if model is self.model else side_outcomes(model)
                 for side in SIDES:
                     probas[side][rows] = self._predict(features.iloc[rows], side, model)
-                    outcome = self._outcome_of(model, side)
-                    evs[side][rows] = expected_value(probas[side][rows], outcome["win"], outcome["loss"])
+                    evs[side][rows] = expected_value(probas[side][rows], outcomes[side]["win"], outcomes[side]["loss"])
             except Exception as err:  # a failing prediction must not stop the bot
                 self._say(f"predict:{type(err).__name__}", "ML gate closed for %s: prediction failed: %s", pair, err)
             blocked[rows] = self._in_sample(dataframe.iloc[rows], pair, model)
         for side, (_, proba_col, ev_col) in SIDES.items():
             probas[side][: self.engineer.startup_candles] = np.nan  # features still warming up
+            evs[side][: self.engineer.startup_candles] = np.nan
             dataframe[proba_col] = probas[side]
-            dataframe[ev_col] = np.where(np.isnan(probas[side]), np.nan, evs[side])
+            dataframe[ev_col] = evs[side]
         dataframe["ml_blocked"] = blocked
         return dataframe
-
-    def _outcome_of(self, model: ProductionModel, side: str) -> dict[str, float]:
-        if model is self.model:
-            return self._outcome[side]
-        return outcome_returns_of(model.entry, side) if side in (model.entry.get("sides") or ["long"]) \
-            else {"win": np.nan, "loss": np.nan}
 
     def _predict(self, features: pd.DataFrame, side: str, model: ProductionModel) -> np.ndarray:
         """Calibrated P(win) of a trade on ``side`` opened from each candle (NaN: no decision)."""

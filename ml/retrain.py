@@ -162,8 +162,9 @@ class Retrain:
             raise DataError(f"retrain --now {self.now}: the candles end at {newest}; nothing is known up to that moment")
         return known
 
-    def _until(self, end: pd.Timestamp) -> str:
-        """The end of a label backtest or backtest timerange: the data's end, or ``now``
+    @property
+    def _until(self) -> str:
+        """The end of a label backtest or backtest timerange: the data's end (""), or ``now``
         exactly (a trade still open then is not a label yet)."""
         return str(_epoch(self.now)) if self.now is not None else ""
 
@@ -174,7 +175,7 @@ class Retrain:
         from ml.trade_labels import strategy_trades
 
         engineer = FeatureEngineer(self.cfg.features, self.ft["timeframe"])
-        run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-{self._until(end)}", self.ft["pairs"],
+        run = strategy_trades(self.config_path, self.strategy, f"{_day(start)}-{self._until}", self.ft["pairs"],
                               engineer=engineer)
         data = build_trade_dataset(self.cfg, run, min_rows=0)
         keep = (data.times > _ns(start)) & (data.times <= _ns(end))
@@ -222,7 +223,7 @@ class Retrain:
             export.mkdir()
             cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting", "-c", str(tmp / "config.json"),
                    "--strategy", self.cfg.retrain.strategy, "--timerange",
-                   f"{_day(start)}-{self._until(end) or _day(end + pd.Timedelta(days=1))}",
+                   f"{_day(start)}-{self._until or _day(end + pd.Timedelta(days=1))}",
                    "--export", "trades", "--backtest-directory", str(export), "--cache", "none"]
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                   preexec_fn=_die_with_parent)
@@ -434,7 +435,7 @@ def record_run(user_data: Path, summary: dict[str, Any], job: str = "retrain") -
                 f.write(f"{stamp} ERROR ftml.{job}: {job.capitalize()} failed (exit {summary.get('exit_code')}): "
                         f"{summary.get('error')}\n")
     except OSError as err:
-        logger.warning("Could not record the retrain run in %s: %s", logs, err)
+        logger.warning("Could not record the %s run in %s: %s", job, logs, err)
 
 
 def _setup_log(user_data: Path) -> logging.Handler:

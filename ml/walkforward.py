@@ -338,8 +338,3 @@ class WalkForward:
         (self.folder / "report.json").write_text(jsonsafe.dumps(result, indent=1))
         return result
 
-
-def steps_summary(records: list[dict[str, Any]]) -> dict[str, int]:
-    decisions = [r["decision"] for r in records]
-    return {d: decisions.count(d) for d in sorted(set(decisions))}
-

@@ -30,9 +30,24 @@ def _naive(ts: str | pd.Timestamp) -> np.datetime64:
     return pd.Timestamp(ts).tz_convert("UTC").tz_localize(None).to_datetime64()
 
 
-def _scores(y: np.ndarray, p_raw: np.ndarray, p: np.ndarray, base: np.ndarray, rows, idx, margin: float,
-            span: np.timedelta64, outcomes: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The out-of-sample figures of one block of rows (None where there are too few)."""
+def _forecasts(bundle, rows, idx: np.ndarray) -> tuple:
+    """One model's forecasts on rows ``idx``: (idx, raw p, calibrated p, the constant base rate
+    it knew, per-row win/loss returns)."""
+    from ml.train import per_row_outcomes
+
+    X = rows.X.iloc[idx][bundle.feature_names].to_numpy(dtype=np.float64)
+    p_raw = bundle.predict_raw(X)
+    fitted = bundle.manifest.get("metrics", {}).get("fitted_base_rate")
+    base = np.full(len(idx), fitted if fitted is not None else np.nan)
+    sides = rows.side_of_rows()[idx]
+    outcomes = per_row_outcomes({s: bundle.outcome_returns(s) for s in set(sides)}, sides)
+    return idx, p_raw, bundle.calibrator.transform(p_raw), base, outcomes
+
+
+def _scores(rows, forecasts: tuple, margin: float, span: np.timedelta64) -> dict[str, Any]:
+    """The out-of-sample figures of one block of rows (a note where there are too few)."""
+    idx, p_raw, p, base, outcomes = forecasts
+    y = rows.y[idx]
     if len(y) < 10 or len(set(y)) < 2:
         return {"rows": int(len(y)), "note": "too few resolved trades (or one class only) to score"}
     rep = evaluate(y, p_raw, p, rows.realised[idx], outcomes, margin, rows.times[idx], span, rows.exit_times[idx],
@@ -48,10 +63,9 @@ def _scores(y: np.ndarray, p_raw: np.ndarray, p: np.ndarray, base: np.ndarray, r
 
 def _pooled(parts: list[tuple], rows, margin: float, span: np.timedelta64) -> dict[str, Any]:
     """One score over every step's rows, each scored by its own step's model."""
-    idx = np.concatenate([p[0] for p in parts])
     outcomes = {k: np.concatenate([p[4][k] for p in parts]) for k in ("win", "loss")}
-    return _scores(rows.y[idx], np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
-                   np.concatenate([p[3] for p in parts]), rows, idx, margin, span, outcomes)
+    pooled = tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+    return _scores(rows, (*pooled, outcomes), margin, span)
 
 
 def _trades(stats: dict[str, Any], strategy: str) -> pd.DataFrame:
@@ -70,7 +84,6 @@ def _money(trades: pd.DataFrame) -> dict[str, Any]:
 
 def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
     from ml.trade_labels import strategy_trades
-    from ml.train import per_row_outcomes
 
     engineer = FeatureEngineer(wf.cfg.features, wf.ft["timeframe"])
     run = strategy_trades(config_path, wf.strategy, f"{int(wf.start.timestamp())}-{int(wf.end.timestamp())}",
@@ -78,7 +91,6 @@ def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str
     rows = build_trade_dataset(wf.cfg, run, min_rows=0)
     span = (pd.Timedelta(wf.ft["timeframe"]) * rows.info.get("horizon_candles", 1)).as_unit("ns").to_timedelta64()
     gated, plain = _trades(stats, wf.gated), _trades(stats, wf.strategy)
-    sides = rows.side_of_rows()
     loaded: dict[tuple, ProductionModel] = {}
     parts, steps, challengers = [], [], []
     for rec in records:
@@ -92,28 +104,14 @@ def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str
             key = (rec["production"], rec["revision"])
             if key not in loaded:
                 loaded[key] = ProductionModel.load(wf.store, wf.name, engineer, *key)
-            model = loaded[key]
-            X = rows.X.iloc[idx][model.feature_names].to_numpy(dtype=np.float64)
-            p_raw = model.bundle.predict_raw(X)
-            p = model.bundle.calibrator.transform(p_raw)
-            fitted = model.entry.get("metrics", {}).get("fitted_base_rate")
-            base = np.full(len(idx), fitted if fitted is not None else np.nan)
-            outcomes = per_row_outcomes({s: model.bundle.outcome_returns(s) for s in set(sides[idx])}, sides[idx])
-            step["scores"] = _scores(rows.y[idx], p_raw, p, base, rows, idx, wf.cfg.gate.ev_margin, span, outcomes)
-            parts.append((idx, p_raw, p, base, outcomes))
+            parts.append(_forecasts(loaded[key].bundle, rows, idx))  # at its revision's calibrator
+            step["scores"] = _scores(rows, parts[-1], wf.cfg.gate.ev_margin, span)
         else:
             step["scores"] = {"rows": int(len(idx)), "note": "no model in production: no entries"}
         if len(idx):  # the step's challenger on the same window, promoted or not: the pipeline's honesty
             bundle = load_bundle(wf.cache / rec["challenger_training"]["cache_key"] / "bundle")
-            X = rows.X.iloc[idx][bundle.feature_names].to_numpy(dtype=np.float64)
-            c_raw = bundle.predict_raw(X)
-            c_p = bundle.calibrator.transform(c_raw)
-            fitted = bundle.manifest.get("metrics", {}).get("fitted_base_rate")
-            c_base = np.full(len(idx), fitted if fitted is not None else np.nan)
-            c_out = per_row_outcomes({s: bundle.outcome_returns(s) for s in set(sides[idx])}, sides[idx])
-            step["challenger_scores"] = _scores(rows.y[idx], c_raw, c_p, c_base, rows, idx, wf.cfg.gate.ev_margin,
-                                                span, c_out)
-            challengers.append((idx, c_raw, c_p, c_base, c_out))
+            challengers.append(_forecasts(bundle, rows, idx))
+            step["challenger_scores"] = _scores(rows, challengers[-1], wf.cfg.gate.ev_margin, span)
         steps.append(step)
     overall: dict[str, Any] = {"backtest": {"gated": _money(gated), "ungated": _money(plain)}}
     if parts:
