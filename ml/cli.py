@@ -55,6 +55,13 @@ def timerange_arg(text: str) -> str:
     return text
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return int(text)
+
+
 # ---------------------------------------------------------------- data check / synth
 def cmd_data_check(args: argparse.Namespace) -> int:
     from ml.data import available_pairs, load_candles
@@ -306,7 +313,8 @@ def cmd_walkforward(args: argparse.Namespace) -> int:
 
     cfg = mlconfig.load(args.config)
     wf = WalkForward(args.config, cfg, freqtrade_settings(args.config), args.timerange, parse_every(args.every),
-                     args.strategy, args.trials, args.workers, use_cache=args.cache != "none")
+                     args.strategy, args.trials, args.workers, use_cache=args.cache != "none",
+                     tune_every=args.tune_every)
     result = wf.run()
     if not args.json:
         print_walkforward(result)
@@ -561,8 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--timerange", required=True, type=timerange_arg, help="the traded range, e.g. 20250101-20260101; "
                     "training needs ml.retrain.window_days + train_days of candles before it")
     wf.add_argument("--every", default="30d", help="time between two cron runs: 30d, 2w, 12h (default: %(default)s)")
-    wf.add_argument("--trials", type=int, help="Optuna trials per challenger (default: ml.training.trials)")
-    wf.add_argument("--workers", type=int, default=1, help="train challengers in this many processes (default: 1)")
+    wf.add_argument("--trials", type=positive_int, help="Optuna trials per challenger (default: ml.training.trials)")
+    wf.add_argument("--tune-every", type=positive_int, default=1, metavar="K",
+                    help="tune hyperparameters at every K-th step only; the steps between train once with the "
+                    "latest tuned ones (default: %(default)s, tune every step, as cron does)")
+    wf.add_argument("--workers", type=positive_int, default=1,
+                    help="train challengers in this many processes (default: 1)")
     wf.add_argument("--cache", choices=["auto", "none"], default="auto",
                     help="none: retrain every challenger (default: reuse unchanged ones)")
     wf.add_argument("--json", action="store_true", help="only the JSON summary line")

@@ -220,3 +220,26 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load(path: str | os.PathLike[str]) -> MLConfig:
     """Parse the ``"ml"`` section of ``path`` into typed settings with defaults."""
     return from_dict(read_json(path).get("ml"), source=str(path), base=Path(path).resolve().parent)
+
+
+# Keys of a freqtrade config that hold credentials; a backtest needs none of them.
+SECRET_KEYS = {"exchange": ("key", "secret", "password", "uid", "walletAddress", "privateKey"),
+               "telegram": ("token", "chat_id"), "api_server": ("password", "jwt_secret_key", "ws_token"),
+               "discord": ("webhook_url",), "webhook": ("url",)}
+
+
+def without_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a freqtrade config to write beside results (a walk-forward's own config):
+    exchange keys, bot tokens and the Optuna storage password removed. Only backtests read it;
+    anything that needs the storage gets it from the settings in memory."""
+    from ml.storage import redact
+
+    clean = json.loads(json.dumps(config))
+    for section, keys in SECRET_KEYS.items():
+        for key in keys:
+            if isinstance(clean.get(section), dict) and clean[section].get(key):
+                clean[section][key] = ""
+    training = clean.get("ml", {}).get("training")
+    if isinstance(training, dict) and training.get("storage"):
+        training["storage"] = redact(training["storage"])
+    return clean

@@ -59,6 +59,9 @@ class TrainRequest:
     worker_only: bool = False  # add trials to a shared study; fit and register nothing
     synthetic_data: dict[str, str] = field(default_factory=dict)  # pair -> what wrote it (ml.synth_marker)
     job_type: str = "train"  # W&B job type: train, retrain or demo
+    # Hyperparameters tuned by an earlier run (a trial's params): one trial of them, no search
+    # (``ftml walkforward --tune-every``).
+    fixed_params: dict[str, Any] | None = None
 
 
 def git_commit() -> str | None:
@@ -140,7 +143,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
                                  tags=_tracking_tags(cfg, req, data))
     try:
         study = run_study(req.storage, req.study, tuning, t.trials, t.timeout, t.workers, n_jobs, progress,
-                          on_trial=lambda trial: tracker.log_trials([trial_row(trial)]), on_fold=on_fold)
+                          on_trial=lambda trial: tracker.log_trials([trial_row(trial)]), on_fold=on_fold,
+                          fixed_params=req.fixed_params)
         shared = len({tr.user_attrs.get("pid") for tr in study.get_trials(deepcopy=False)}) > 1 or t.workers > 1
         if req.worker_only:
             return {"worker_only": True, "study": req.study, "storage": redact(req.storage), "trials": finished(study),
@@ -220,7 +224,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
             "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
             # The newest candle any fitted part (model or calibrator) depended on.
             "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
-            "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"]},
+            "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"],
+                      "tuned": req.fixed_params is None},
             "metrics": _headline(report),
             "plots": {k: str(Path(PLOTS) / v.name) for k, v in images.items()},
             "synthetic_data": req.synthetic_data,
@@ -236,6 +241,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
 
         return {
             "model": cfg.model.name, "bundle": str(out), "files": files, "family": family,
+            "params": chosen.params, "tuned": req.fixed_params is None,
             "rows": {"train": len(train_block), "calibration": len(calib_block), "test": len(test_block)},
             "test": _headline(report), "verdict": report["verdict"]["label"], "reasons": report["verdict"]["reasons"],
             "trials": {k: report["trials"][k] for k in ("finished", "complete", "pruned", "failed")},

@@ -201,12 +201,19 @@ class TrialWatcher:
 
 
 def run_study(storage: str, name: str, data: TuningData, n_trials: int, timeout: float | None,
-              workers: int, n_jobs: int | None, progress=None, on_trial=None, on_fold=None) -> optuna.Study:
+              workers: int, n_jobs: int | None, progress=None, on_trial=None, on_fold=None,
+              fixed_params: dict[str, Any] | None = None) -> optuna.Study:
     """Run ``n_trials`` more trials on the study (resuming it if it exists). ``progress(done)``,
-    ``on_trial(frozen_trial)`` and ``on_fold(trial_number, folds_done, folds)`` report as it goes."""
+    ``on_trial(frozen_trial)`` and ``on_fold(trial_number, folds_done, folds)`` report as it goes.
+
+    ``fixed_params`` (a trial's ``params``, tuned elsewhere): no search, one trial of exactly
+    those, scored on this data's folds like any other."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, _ = make_study(storage, name, data.seed)
     watch = TrialWatcher(study, progress, on_trial)
+    if fixed_params is not None:
+        study.enqueue_trial(fixed_params)
+        n_trials, workers = 1, 1
     if workers <= 1:
         study.optimize(Objective(data, n_jobs or available_cores(), on_fold), n_trials=n_trials, timeout=timeout,
                        callbacks=[watch], catch=())

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -34,12 +35,12 @@ from typing import Any
 import pandas as pd
 
 from ml import jsonsafe
-from ml.config import MLConfig, from_dict
+from ml.config import MLConfig, from_dict, without_secrets
 from ml.data import DataError, candle_dates
 from ml.errors import FtmlError
 
 logger = logging.getLogger("ftml.walkforward")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: trained.json holds the chosen params (--tune-every)
 
 
 class WalkForwardError(FtmlError):
@@ -113,13 +114,18 @@ def _train_one(config: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
 
     logging.basicConfig(level=logging.WARNING)
     fields = {**request, "config_path": Path(request["config_path"]), "output": Path(request["output"])}
-    return train(from_dict(config), TrainRequest(**fields))
+    return {**train(from_dict(config), TrainRequest(**fields)), "trained_by": _process()}
+
+
+def _process() -> dict[str, Any]:
+    """Which machine and process did the work (a worker's differs from the walk-forward's)."""
+    return {"host": platform.node(), "pid": os.getpid()}
 
 
 class WalkForward:
     def __init__(self, config_path: str | Path, cfg: MLConfig, ft: dict[str, Any], timerange: str,
                  every: pd.Timedelta, strategy: str | None = None, trials: int | None = None, workers: int = 1,
-                 use_cache: bool = True):
+                 use_cache: bool = True, tune_every: int = 1):
         from freqtrade.configuration.timerange import TimeRange
 
         from ml.trade_labels import _source_files, strategy_name
@@ -141,6 +147,9 @@ class WalkForward:
         self.name = strategy_name(self.config_path, self.strategy)
         training = {**cfg.training.model_dump(), "strategy": self.strategy, **({"trials": trials} if trials else {})}
         self.workers = max(1, workers)
+        if tune_every < 1:
+            raise WalkForwardError(f"--tune-every {tune_every}: use 1 (tune every step) or more")
+        self.tune_every = tune_every
         if self.workers > 1:  # each worker's models get their share of the cores
             from ml.models import available_cores
 
@@ -176,7 +185,7 @@ class WalkForward:
         path = Path(config.get("strategy_path", "strategies"))
         config["strategy_path"] = str(path if path.is_absolute() else (self.config_path.parent / path).resolve())
         target = self.folder / "config.json"
-        target.write_text(jsonsafe.dumps(config, indent=1))
+        target.write_text(jsonsafe.dumps(without_secrets(config), indent=1))
         return target
 
     def _check_data(self) -> None:
@@ -199,54 +208,68 @@ class WalkForward:
                        now=step.moment if step else None, challenger=challenger)
 
     def train_challengers(self, config_path: Path) -> dict[int, dict[str, Any]]:
-        """Every step's challenger, trained or taken from the cache; says which were reused."""
+        """Every step's challenger, trained or taken from the cache; says which were reused.
+
+        With ``tune_every`` K, steps 0, K, 2K, ... tune (Optuna, ``trials``); each step in
+        between trains once with the hyperparameters its latest tuning step chose, so those
+        are trained second."""
         from ml.retrain import challenger_request
 
         candles = Candles(self.ft)
         base = config_fingerprint(self.config_path, self.strategy_files)
         template = self._job(config_path)
-        todo, found = {}, {}
-        for step in self.steps:
-            template.now = step.moment
-            request = challenger_request(template, template.data_end())
-            settings = {k: v for k, v in self.cfg.training.model_dump().items() if k not in ("storage", "study", "workers")}
-            key = _sha(CACHE_FORMAT, base, candles.fingerprint(step.moment), request.timerange, request.pairs,
-                       request.timeframe, settings, self.cfg.features.model_dump(), self.cfg.label.model_dump())[:20]
-            folder = self.cache / key
-            request.output = folder / "bundle"
-            request.storage = self.cfg.training.storage or f"sqlite:///{folder / 'optuna.sqlite3'}"
-            request.study = f"wf-{self.name}-{key}"
-            done = folder / "trained.json"
-            if self.use_cache and done.is_file() and (folder / "bundle" / "bundle.json").is_file():
-                found[step.index] = {**json.loads(done.read_text()), "key": key, "reused": True}
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            todo[step.index] = (key, folder, request)
-        logger.info("Walk-forward %s: %d steps, %d challengers from the cache, %d to train (%d workers).", self.name,
-                    len(self.steps), len(found), len(todo), self.workers)
+        settings = {k: v for k, v in self.cfg.training.model_dump().items() if k not in ("storage", "study", "workers")}
+        found: dict[int, dict[str, Any]] = {}
+        tuners = [s for s in self.steps if s.index % self.tune_every == 0]
+        followers = [s for s in self.steps if s.index % self.tune_every != 0]
+        for group in (tuners, followers):
+            todo = {}
+            for step in group:
+                template.now = step.moment
+                request = challenger_request(template, template.data_end())
+                tuner = step.index - step.index % self.tune_every
+                request.fixed_params = None if tuner == step.index else found[tuner]["params"]
+                key = _sha(CACHE_FORMAT, base, candles.fingerprint(step.moment), request.timerange, request.pairs,
+                           request.timeframe, settings, self.cfg.features.model_dump(), self.cfg.label.model_dump(),
+                           request.fixed_params)[:20]
+                folder = self.cache / key
+                request.output = folder / "bundle"
+                request.storage = self.cfg.training.storage or f"sqlite:///{folder / 'optuna.sqlite3'}"
+                request.study = f"wf-{self.name}-{key}"
+                done = folder / "trained.json"
+                if self.use_cache and done.is_file() and (folder / "bundle" / "bundle.json").is_file():
+                    found[step.index] = {**json.loads(done.read_text()), "key": key, "reused": True}
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                todo[step.index] = (key, folder, request)
+            logger.info("Walk-forward %s: %d %s steps, %d challengers from the cache, %d to train (%d workers).",
+                        self.name, len(group), "tuning" if group is tuners else "fixed-parameter", len(group) - len(todo),
+                        len(todo), self.workers)
+            for i, trained in self._train(todo).items():
+                key, folder, request = todo[i]
+                trained = {**trained, "timerange": request.timerange, "tuned_at": i - i % self.tune_every}
+                (folder / "trained.json").write_text(jsonsafe.dumps(trained))
+                found[i] = {**trained, "key": key, "reused": False}
+        return found
+
+    def _train(self, todo: dict[int, tuple]) -> dict[int, dict[str, Any]]:
+        """Train the requests, in ``workers`` spawned processes when there are several."""
         config = self.cfg.model_dump()
         requests = {i: {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(r).items()}
                     for i, (_, _, r) in todo.items()}
-        if self.workers > 1 and len(todo) > 1:
-            env = {"FTML_LABEL_WORKERS": "1", "OMP_NUM_THREADS": str(self.cfg.training.n_jobs or 1)}
-            old = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
-                    futures = {i: pool.submit(_train_one, config, req) for i, req in requests.items()}
-                    results = {i: f.result() for i, f in futures.items()}
-            finally:
-                for k, v in old.items():
-                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        else:
-            results = {i: _train_one(config, req) for i, req in requests.items()}
-        for i, trained in results.items():
-            key, folder, request = todo[i]
-            trained = {**trained, "timerange": request.timerange}
-            (folder / "trained.json").write_text(jsonsafe.dumps(trained))
-            found[i] = {**trained, "key": key, "reused": False}
-        return found
+        if self.workers <= 1 or len(todo) <= 1:
+            return {i: _train_one(config, req) for i, req in requests.items()}
+        env = {"FTML_LABEL_WORKERS": "1", "OMP_NUM_THREADS": str(self.cfg.training.n_jobs or 1)}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+                futures = {i: pool.submit(_train_one, config, req) for i, req in requests.items()}
+                return {i: f.result() for i, f in futures.items()}
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
     # ------------------------------------------------------------------ phase 2: decisions
     def decide(self, config_path: Path, challengers: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -277,7 +300,8 @@ class WalkForward:
                 "recalibration": summary.get("recalibration"),
                 "challenger_training": {"timerange": trained.get("timerange"),
                                         "ranges": bundle.get("ranges"), "train_end": bundle.get("train_end"),
-                                        "cache_key": trained["key"], "reused": trained["reused"]},
+                                        "cache_key": trained["key"], "reused": trained["reused"],
+                                        "tuned_at": trained.get("tuned_at"), "trials": trained.get("trials")},
             })
             logger.info("Walk-forward step %d (%s): %s%s", step.index, step.moment.date(), summary["decision"],
                         f" ({'; '.join(summary.get('reasons', [])[:2])})" if summary.get("reasons") else "")
@@ -333,6 +357,7 @@ class WalkForward:
         stats = self._timed("backtest", self.backtest, config_path, schedule)
         result = self._timed("report", report, self, config_path, records, stats)
         result["timings"] = self.timings
+        result["process"] = _process()
         result["reused"] = sorted(i for i, c in challengers.items() if c["reused"])
         result["trained"] = sorted(i for i, c in challengers.items() if not c["reused"])
         (self.folder / "report.json").write_text(jsonsafe.dumps(result, indent=1))

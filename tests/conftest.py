@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,21 @@ def strategy_project(root: Path, pairs: list[str], candles: int, market: str, se
     write_config(root / "config.json", exchange=exchange, strategy_path=str(TEST_STRATEGIES), timeframe=timeframe,
                  ml=ml_section)
     write_market(root / "user_data" / "data" / "binance", pairs, timeframe, candles, market, seed, **process)
+    return root
+
+
+def gated_strategy_project(root: Path, pairs: list[str], candles: int, seed: int, ml: dict, **process) -> Path:
+    """EveryFewHours on a synthetic null market (``hour_drift`` plants an edge in its trades),
+    with its one-line gated twin EveryFewHoursML beside it, as a user would write it."""
+    root = strategy_project(root, pairs, candles, "null", seed, ml=ml, **process)
+    (root / "strategies").mkdir()
+    shutil.copy(TEST_STRATEGIES / "EveryFewHours.py", root / "strategies")
+    (root / "strategies" / "EveryFewHoursML.py").write_text(
+        "from ml.gate import MLGate\nfrom EveryFewHours import EveryFewHours\n\n\n"
+        "class EveryFewHoursML(MLGate, EveryFewHours):\n    pass\n")
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["strategy_path"] = str(root / "strategies")
+    (root / "config.json").write_text(json.dumps(cfg))
     return root
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from ml.registry import open_registry
 from ml.synth import write_market
-from tests.conftest import run_ftml, strategy_project, write_config
+from tests.conftest import gated_strategy_project, run_ftml, strategy_project, write_config
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 PASSWORD = "s3cret-pw"  # trust auth ignores it; the test checks it is never written down
@@ -171,3 +171,33 @@ def test_a_resumed_study_chooses_only_among_this_runs_families():
     assert chosen.params["family"] == "logistic" and chosen.value == 0.64
     with pytest.raises(RuntimeError, match="no complete trial"):
         best_trial(study, ["xgboost"])
+
+
+@pytest.mark.slow
+def test_walkforward_trains_its_steps_in_worker_processes_into_a_postgres_storage(tmp_path, postgres_url):
+    """`ftml walkforward --workers 2` with the Optuna storage on PostgreSQL: every step's study
+    lives on the server (where workers on other machines can add trials to it), each step is
+    trained by a worker process, and the password is never written down."""
+    ml = {"training": {"trials": 2, "families": ["logistic"], "min_samples": 100, "storage": postgres_url},
+          "retrain": {"window_days": 21, "train_days": 90, "strategy": "EveryFewHoursML", "backtest": False},
+          "recalibration": {"window_days": 21, "min_rows": 40}}
+    root = gated_strategy_project(tmp_path, ["ETH/BTC", "LTC/BTC"], 5000, 4, ml, hour_drift=0.5)
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["exchange"].update(key="exchange-key-1234", secret="exchange-secret-5678")  # never copied either
+    (root / "config.json").write_text(json.dumps(cfg))
+    done = run_ftml("walkforward", "-c", "config.json", "--timerange", "20240501-20240612", "--every", "21d",
+                    "--workers", "2", "--json", cwd=root, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(Path(json.loads(done.stdout.strip().splitlines()[-1])["folder"], "report.json").read_text())
+    assert report["trained"] == [0, 1]
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage=postgres_url)}
+    for record in report["decisions"]:
+        study = f"wf-{report['model']}-{record['challenger_training']['cache_key']}"
+        assert names[study].n_trials == 2, names
+        trained = json.loads((Path(report["folder"]) / "cache" / record["challenger_training"]["cache_key"] /
+                              "trained.json").read_text())
+        assert trained["trained_by"]["pid"] != report["process"]["pid"]  # a worker process trained it
+    for written in Path(report["folder"]).rglob("*.json"):
+        text = written.read_text()
+        assert not [s for s in (PASSWORD, "exchange-key-1234", "exchange-secret-5678") if s in text], written
+    assert PASSWORD not in done.stdout + done.stderr

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from ml.walkforward import parse_every, plan
-from tests.conftest import TEST_STRATEGIES, run_ftml, strategy_project
+from tests.conftest import gated_strategy_project, run_ftml
 
 pytestmark = pytest.mark.slow
 PAIRS = ["ETH/BTC", "LTC/BTC", "XMR/BTC"]
@@ -36,18 +35,7 @@ def test_plan_and_every():
 
 
 def gated_project(root: Path, seed: int, hour_drift: float) -> Path:
-    """EveryFewHours on a synthetic market, with its one-line gated twin beside it.
-    ``hour_drift``: the intraday drift its trades show (0: nothing to predict)."""
-    root = strategy_project(root, PAIRS, CANDLES, "null", seed, ml=ML, hour_drift=hour_drift)
-    (root / "strategies").mkdir()
-    shutil.copy(TEST_STRATEGIES / "EveryFewHours.py", root / "strategies")
-    (root / "strategies" / "EveryFewHoursML.py").write_text(
-        "from ml.gate import MLGate\nfrom EveryFewHours import EveryFewHours\n\n\n"
-        "class EveryFewHoursML(MLGate, EveryFewHours):\n    pass\n")
-    cfg = json.loads((root / "config.json").read_text())
-    cfg["strategy_path"] = str(root / "strategies")
-    (root / "config.json").write_text(json.dumps(cfg))
-    return root
+    return gated_strategy_project(root, PAIRS, CANDLES, seed, ML, hour_drift=hour_drift)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +86,22 @@ def test_every_step_trains_before_its_moment_and_the_gate_beats_its_twin(planted
     assert overall["scores"]["log_loss"] < overall["scores"]["base_rate_log_loss"]
     for path in result["plots"].values():
         assert Path(path).stat().st_size > 10_000
+
+
+def test_tune_every_k_reuses_the_tuned_hyperparameters_between_tuning_steps(planted):
+    root, first = planted
+    # 3 steps, tuning at 0 and 2: those are the cached challengers of the plain run (same
+    # inputs); step 1 trains once, with step 0's hyperparameters.
+    result = walkforward(root, "--tune-every", "2", timerange="20240601-20240803")
+    assert result["trained"] == [1] and result["reused"] == [0, 2]
+    training = {r["step"]: r["challenger_training"] for r in result["decisions"]}
+    assert [training[i]["tuned_at"] for i in range(3)] == [0, 0, 2]
+    assert training[1]["trials"]["finished"] == 1 and training[0]["trials"]["finished"] == 2
+    cache = Path(result["folder"]) / "cache"
+    params = {i: json.loads((cache / training[i]["cache_key"] / "trained.json").read_text())["params"] for i in (0, 1)}
+    assert params[1] == params[0]
+    bundle = json.loads((cache / training[1]["cache_key"] / "bundle" / "bundle.json").read_text())
+    assert bundle["study"]["tuned"] is False
 
 
 def test_the_cache_retrains_only_what_changed(planted):
