@@ -157,6 +157,10 @@ def _backtest(folder: Path, strategy: str) -> dict:
     return load_backtest_stats(folder)["strategy"][strategy]
 
 
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{100 * ratio:+.2f}%"
+
+
 def rows_for(market: str, fq: dict, ours: dict) -> list[dict]:
     per_model_fq, per_model_ours = fq["wall_s"] / fq["models"], ours["wall_s"] / ours["models"]
     ll = f"{ours['log_loss']:.4f} (base {ours['base_log_loss']:.4f}, AUC {ours['auc']:.3f}, {ours['rows']} trades)"
@@ -176,9 +180,9 @@ def rows_for(market: str, fq: dict, ours: dict) -> list[dict]:
          "goal": "ftml <= its base + 0.005" if market == "null" else "ftml < its base",
          "met": ours["log_loss"] <= ours["base_log_loss"] + (0.005 if market == "null" else 0.0)},
         {"figure": f"{market}: trades, mean profit per trade (gated)",
-         "value": f"{ours['trades']}, {100 * ours['profit_mean']:+.2f}% (un-gated {ours['ungated_trades']}, "
-                  f"{100 * ours['ungated_profit_mean']:+.2f}%)",
-         "reference": f"FreqAI {fq['trades']}, {100 * fq['profit_mean']:+.2f}%", "ratio": "-", "goal": "-", "met": True},
+         "value": f"{ours['trades']}, {_pct(ours['profit_mean'])} (un-gated {ours['ungated_trades']}, "
+                  f"{_pct(ours['ungated_profit_mean'])})",
+         "reference": f"FreqAI {fq['trades']}, {_pct(fq['profit_mean'])}", "ratio": "-", "goal": "-", "met": True},
     ]
 
 

@@ -294,7 +294,12 @@ class Retrain:
             scores["gain"] = paired_gain(losses["champion"], losses["challenger"], rows.times, self.horizon_span)
         summary["scores"] = scores
         backtests: dict[str, Any] = {}
-        if self.cfg.retrain.backtest:
+        # A challenger that fails its own gates cannot be promoted by any backtest: skip the
+        # two freqtrade runs (most of a round's time on a market with no edge).
+        failed = [c["name"] for c in run_gates(trained["test"], self.cfg.gate)["checks"] if not c["passed"]]
+        if self.cfg.retrain.backtest and failed:
+            summary["backtests_skipped"] = f"the challenger failed its gates ({', '.join(failed)}) before any backtest"
+        elif self.cfg.retrain.backtest:
             backtests["challenger"] = self._timed("backtest_challenger", self.backtest, bundle_dir, start, end, "challenger")
             if champion_dir:
                 backtests["champion"] = self._timed("backtest_champion", self.backtest, champion_dir, start, end, "champion")

@@ -180,6 +180,49 @@ def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs:
     return digest.hexdigest()[:24]
 
 
+def _span_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str],
+              loaded_from: str | None) -> str | None:
+    """The cache key without the timerange: runs that differ only in their range."""
+    return cache_key(config_path, {**config, "timerange": None}, cls, pairs, loaded_from)
+
+
+def _index_span(config: dict[str, Any], span: str, key: str, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    index = _cache_dir(config) / "spans" / f"{span}.jsonl"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with index.open("a") as f:  # one short line per write: concurrent writers do not interleave
+        f.write(json.dumps({"key": key, "start": str(start), "end": str(end)}) + "\n")
+
+
+def _slice_of_longer_run(config: dict[str, Any], span: str, start: pd.Timestamp,
+                         end: pd.Timestamp) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The trades of ``[start, end]`` cut from a cached run over a longer range, or None.
+
+    Exact, because every signal becomes a trade (position stacking, no open-trade limit, a
+    wallet that never runs dry): a trade depends only on its own candles, not on the others.
+    The range's trades are those opened from ``start`` on and closed by ``end``; one still
+    open at ``end`` is unresolved, as the engine's force exit at the end of the data makes it.
+    (The strategy's indicators warm up on more history in the longer run; with an honest
+    ``startup_candle_count`` that changes nothing.)"""
+    index = _cache_dir(config) / "spans" / f"{span}.jsonl"
+    try:
+        runs = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    for run in runs:
+        if pd.Timestamp(run["start"]) <= start and pd.Timestamp(run["end"]) >= end:
+            cached = _read_cache(_cache_dir(config) / run["key"])
+            if cached is None:
+                continue
+            trades, meta = cached
+            opened = (trades["open_date"] >= start) & (trades["open_date"] < end)  # none opens on the last candle
+            closed = opened & (trades["close_date"] <= end)
+            info = {**meta.get("info", {}), "start": str(start), "end": str(end), "sliced_from": run["key"]}
+            left_open = int(meta.get("unresolved", 0)) if pd.Timestamp(run["end"]) == end else 0
+            meta = {**meta, "unresolved": int((opened & ~closed).sum()) + left_open, "info": info}
+            return trades[closed].reset_index(drop=True), meta
+    return None
+
+
 def _cache_dir(config: dict[str, Any]) -> Path:
     return Path(config["user_data_dir"]) / "ftml-cache" / "trades"
 
@@ -242,11 +285,17 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     candles = {pair: frame.copy() for pair, frame in data.items()}
     cached = _read_cache(folder) if use_cache else None
     wanted = engineer is not None and bool(engineer.settings.include_columns)
+    span = _span_key(config_path, config, cls, whitelist, loaded_from) if key is not None else None
+    if cached is None and use_cache and span is not None and (in_range := trim_dataframes(
+            data, bt_range, backtesting.required_startup)):
+        cached = _slice_of_longer_run(config, span, *get_timerange(in_range))
     if cached is not None:
         trades, meta = cached
         indicators = _user_indicators(strat, data, engineer) if wanted else {}
-        logger.info("Label backtest of %s: using the cache %s (%d trades); it is keyed by the strategy files, "
-                    "the config, the data and the timerange.", cls.__name__, folder, len(trades))
+        source = f"the trades of {meta['info']['start']} .. {meta['info']['end']} in the longer cached run " \
+                 f"{meta['info']['sliced_from']}" if "sliced_from" in meta.get("info", {}) else f"the cache {folder}"
+        logger.info("Label backtest of %s: using %s (%d trades); it is keyed by the strategy files, "
+                    "the config, the data and the timerange.", cls.__name__, source, len(trades))
         return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,
                         int(meta["unresolved"]), True, key, meta.get("info", {}), indicators)
 
@@ -280,6 +329,8 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     info = {"start": str(start), "end": str(end), "pairs": whitelist, "exits": exit_settings(strat)}
     if key is not None:
         _write_cache(folder, trades, {"strategy": cls.__name__, "unresolved": int(left_open.sum()), "info": info})
+        if span is not None:
+            _index_span(config, span, key, start, end)
     logger.info("Label backtest of %s: %d closed trades (%d left open at the end, not used)%s.", cls.__name__,
                 len(trades), int(left_open.sum()), f"; cached in {folder}" if key else "")
     return TradeRun(cls.__name__, backtesting.timeframe, bool(strat.can_short), trades, candles,

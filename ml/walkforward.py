@@ -200,6 +200,19 @@ class WalkForward:
                 f"{self.cfg.retrain.window_days} + train_days {self.cfg.retrain.train_days} before it), but the candles "
                 f"start at {min(starts):%Y-%m-%d}: start the timerange later or lower ml.retrain.train_days.")
 
+    # ------------------------------------------------------------------ phase 0: one label backtest
+    def label_backtest(self, config_path: Path) -> None:
+        """The strategy's trades over everything any step reads, once: every step's training,
+        scoring window and recalibration range lies inside it, and ``ml.trade_labels`` cuts
+        those from this cached run (exactly: every signal is its own trade) instead of
+        running freqtrade again for each."""
+        from ml.features import FeatureEngineer
+        from ml.trade_labels import strategy_trades
+
+        first = self.steps[0].moment - pd.Timedelta(days=self.cfg.retrain.window_days + self.cfg.retrain.train_days + 1)
+        strategy_trades(config_path, self.strategy, f"{int(first.timestamp())}-{int(self.end.timestamp())}",
+                        self.ft["pairs"], engineer=FeatureEngineer(self.cfg.features, self.ft["timeframe"]))
+
     # ------------------------------------------------------------------ phase 1: challengers
     def _job(self, config_path: Path, step: Step | None = None, challenger=None):
         from ml.retrain import Retrain
@@ -351,6 +364,7 @@ class WalkForward:
         self._check_data()
         self.folder.mkdir(parents=True, exist_ok=True)
         config_path = self._write_config()
+        self._timed("labels", self.label_backtest, config_path)
         challengers = self._timed("train", self.train_challengers, config_path)
         records = self._timed("decide", self.decide, config_path, challengers)
         schedule = self.write_schedule(records)

@@ -211,6 +211,20 @@ def test_training_rows_are_exactly_the_strategys_trades(probe):
         assert label == int(realised > 0)
 
 
+def test_a_range_inside_a_longer_cached_run_is_cut_from_it_exactly(probe):
+    """A label backtest inside a longer cached one (a walk-forward's steps, cron's scoring
+    window) is cut from it: the same trades, to the last column, as running it afresh."""
+    config = probe / "config.json"
+    strategy_trades(config, "LabelProbe", "20240201-20240701")  # cached and indexed by its range
+    inner = strategy_trades(config, "LabelProbe", "20240315-20240501")
+    assert inner.cache_hit and "sliced_from" in inner.info, inner.info
+    fresh = strategy_trades(config, "LabelProbe", "20240315-20240501", use_cache=False)
+    assert not fresh.cache_hit and len(fresh.trades) > 100
+    pd.testing.assert_frame_equal(inner.trades, fresh.trades)
+    assert inner.unresolved == fresh.unresolved
+    assert {"roi", "trailing_stop_loss"} <= set(inner.trades["exit_reason"])  # exits no barrier describes
+
+
 def test_the_strategys_own_indicators_as_features_pass_freqtrades_bias_checks(probe, tmp_path):
     """ml.features.include_columns adds LabelProbe's own `rsi` to the features: it is in the
     model's inputs and feature set, and lookahead- and recursive-analysis of the gated
