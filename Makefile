@@ -25,8 +25,10 @@ test: setup
 demo: setup
 	$(BIN)/ftml demo --config config.json
 
+# BENCH=bench.bench_freqai reruns one benchmark and keeps the others' stored results.
 bench: setup
-	$(BIN)/python -m bench.run_all
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres,plot,bench]'
+	$(BIN)/python -m bench.run_all $(BENCH)
 
 lint: setup
 	$(BIN)/ruff check ml strategies tests bench

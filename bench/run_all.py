@@ -2,7 +2,9 @@
 
 Each benchmark runs alone (so peak RSS is its own) with one thread for OpenMP libraries
 unless it sets its own, and prints one JSON line; the table keeps every figure next to the
-reference it was measured against in the same run.
+reference it was measured against in the same run. Results are kept in bench/results.json:
+``python -m bench.run_all bench.bench_freqai`` (``make bench BENCH=bench.bench_freqai``)
+reruns the named ones and keeps the others' last results, each row with its own date.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
+RESULTS = ROOT / "bench" / "results.json"
 HEADER = """# Benchmarks
 
 Written by `make bench` (bench/run_all.py); do not edit by hand. Every figure is measured
@@ -34,28 +37,36 @@ def run_one(module: str) -> dict:
 
 def render(results: list[dict]) -> str:
     first = next((r for r in results if "machine" in r), {})
-    lines = [HEADER, f"Machine: {first.get('machine', '?')}. Date: {first.get('date', '?')}.", "",
-             "| benchmark | figure | value | reference | ratio | goal | met | peak RSS of the bench process |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [HEADER, f"Machine: {first.get('machine', '?')}.", "",
+             "| benchmark | figure | value | reference | ratio | goal | met | peak RSS of the bench process | date |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for res in results:
         if "error" in res:
-            lines.append(f"| {res['benchmark']} | failed: {res['error'][0]} | | | | | | |")
+            lines.append(f"| {res['benchmark']} | failed: {res['error'][0]} | | | | | | | |")
             continue
         for row in res["rows"]:
             lines.append(
                 f"| {res['benchmark']} | {row['figure']} | {row['value']} | {row['reference']} | "
-                f"{row['ratio']} | {row['goal']} | {'yes' if row['met'] else 'no'} | {res['peak_rss_mb']} MB |"
+                f"{row['ratio']} | {row['goal']} | {'yes' if row['met'] else 'no'} | {res['peak_rss_mb']} MB | "
+                f"{res.get('date', '?')} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
     modules = sorted(f"bench.{p.stem}" for p in (ROOT / "bench").glob("bench_*.py"))
-    results = [run_one(m) for m in modules]
-    DOC.write_text(render(results))
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {modules}", file=sys.stderr)
+        return 2
+    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for module in names or modules:
+        stored[module] = run_one(module)
+    RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
+    DOC.write_text(render([stored[m] for m in modules if m in stored]))
     print(DOC.read_text())
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in stored[m] for m in names or modules) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -220,6 +220,33 @@ def run_freqtrade(args: list[str], offline: bool, replay=None) -> int:
     return code
 
 
+class BacktestError(RuntimeError):
+    """freqtrade's backtest failed; the message is freqtrade's own."""
+
+
+def backtest(config_file: str | Path, strategies: list[str], timerange: str, export: str | Path) -> dict[str, Any]:
+    """``freqtrade backtesting --strategy-list ... --export trades`` with offline markets, in
+    this process (a second interpreter costs seconds and its own copy of every library);
+    returns the per-strategy stats freqtrade exported to ``export`` (an existing folder)."""
+    import contextlib
+    import io
+
+    from freqtrade.commands.optimize_commands import setup_optimize_configuration
+    from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
+    from freqtrade.enums import RunMode
+    from freqtrade.optimize.backtesting import Backtesting
+
+    install(offline=True)
+    args = {"config": [str(config_file)], "strategy_list": list(strategies), "timerange": timerange,
+            "export": "trades", "exportdirectory": str(export), "backtest_cache": "none"}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # freqtrade prints its result tables
+            Backtesting(setup_optimize_configuration(args, RunMode.BACKTEST)).start()
+    except Exception as err:  # noqa: BLE001 - freqtrade's own errors name the problem
+        raise BacktestError(f"{type(err).__name__}: {err}") from err
+    return load_backtest_stats(Path(export))["strategy"]
+
+
 if __name__ == "__main__":  # python -m ml.offline [--offline] ARGS
     flag = "--offline" in sys.argv[1:2]
     sys.exit(run_freqtrade(sys.argv[2:] if flag else sys.argv[1:], flag))

@@ -53,6 +53,7 @@ from ml.config import ConfigError, MLConfig, from_dict
 from ml.data import DataError, newest_candle
 from ml.dataset import build_trade_dataset
 from ml.metrics import block_bootstrap_mean_se, evaluate, row_log_loss
+from ml.offline import BacktestError, backtest
 from ml.registry import (
     ProductionMoved,
     RegistryError,
@@ -141,7 +142,7 @@ class Retrain:
         cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "download-data", "-c", str(self.config_path),
                "--timeframes", self.ft["timeframe"]]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=_die_with_parent)
             ok = done.returncode == 0
             why = (done.stderr.strip().splitlines() or ["no output"])[-1]
         except subprocess.TimeoutExpired:
@@ -221,17 +222,12 @@ class Retrain:
             (tmp / "config.json").write_text(json.dumps(config))
             export = tmp / "bt"
             export.mkdir()
-            cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting", "-c", str(tmp / "config.json"),
-                   "--strategy", self.cfg.retrain.strategy, "--timerange",
-                   f"{_day(start)}-{self._until or _day(end + pd.Timedelta(days=1))}",
-                   "--export", "trades", "--backtest-directory", str(export), "--cache", "none"]
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                  preexec_fn=_die_with_parent)
-            if done.returncode != 0:
-                raise RuntimeError(f"backtest of the {label} failed: {done.stderr.strip()[-500:]}")
-            from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
-
-            stats = load_backtest_stats(export)["strategy"][self.cfg.retrain.strategy]
+            timerange = f"{_day(start)}-{self._until or _day(end + pd.Timedelta(days=1))}"
+            try:
+                stats = backtest(tmp / "config.json", [self.cfg.retrain.strategy], timerange, export)
+            except BacktestError as err:
+                raise RuntimeError(f"backtest of the {label} failed: {err}") from err
+            stats = stats[self.cfg.retrain.strategy]
         return {"trades": stats["total_trades"], "profit_total": stats["profit_total"],
                 "profit_factor": stats.get("profit_factor"), "max_drawdown": stats.get("max_relative_drawdown"),
                 "timerange": f"{start} -> {end}"}

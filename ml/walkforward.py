@@ -23,8 +23,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -332,7 +330,8 @@ class WalkForward:
 
     # ------------------------------------------------------------------ phase 3: one backtest
     def backtest(self, config_path: Path, schedule: Path) -> dict[str, Any]:
-        from freqtrade.data.btanalysis.bt_fileutils import load_backtest_stats
+        """``freqtrade backtesting --strategy-list <gated> <strategy>`` over the whole range."""
+        from ml.offline import BacktestError, backtest
 
         config = json.loads(config_path.read_text())
         config["ml"].setdefault("gate", {})["walkforward"] = str(schedule)
@@ -342,13 +341,10 @@ class WalkForward:
         shutil.rmtree(export, ignore_errors=True)
         export.mkdir()
         timerange = f"{int(self.start.timestamp())}-{int(self.end.timestamp())}"
-        cmd = [sys.executable, "-m", "ml.cli", "freqtrade", "--offline", "backtesting", "-c", str(bt_config),
-               "--strategy-list", self.gated, self.strategy, "--timerange", timerange, "--export", "trades",
-               "--backtest-directory", str(export), "--cache", "none"]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        if done.returncode != 0:
-            raise WalkForwardError(f"the walk-forward backtest failed: {done.stderr.strip()[-800:]}")
-        return load_backtest_stats(export)["strategy"]
+        try:
+            return backtest(bt_config, [self.gated, self.strategy], timerange, export)
+        except BacktestError as err:
+            raise WalkForwardError(f"the walk-forward backtest failed: {err}") from err
 
     # ------------------------------------------------------------------ the run
     def _timed(self, name: str, fn, *args):
