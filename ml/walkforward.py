@@ -115,6 +115,19 @@ def _train_one(config: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
     return {**train(from_dict(config), TrainRequest(**fields)), "trained_by": _process()}
 
 
+def _delete_study(storage: str, name: str) -> None:
+    """Remove a study a cache miss retrains (``--cache none``, or a step whose cache folder
+    was deleted) from a shared storage, so its old trials do not choose the new model."""
+    import optuna
+
+    from ml.storage import open_storage
+
+    try:
+        optuna.delete_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        pass
+
+
 def _process() -> dict[str, Any]:
     """Which machine and process did the work (a worker's differs from the walk-forward's)."""
     return {"host": platform.node(), "pid": os.getpid()}
@@ -253,6 +266,8 @@ class WalkForward:
                     continue
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
+                if self.cfg.training.storage:  # a shared server keeps the last run's study: start afresh
+                    _delete_study(request.storage, request.study)
                 todo[step.index] = (key, folder, request)
             logger.info("Walk-forward %s: %d %s steps, %d challengers from the cache, %d to train (%d workers).",
                         self.name, len(group), "tuning" if group is tuners else "fixed-parameter", len(group) - len(todo),
