@@ -230,3 +230,17 @@ def test_the_old_demo_models_recorded_metrics_fail_the_calibration_gates():
     assert all(c["passed"] for c in run_gates(metrics, loose)["checks"]
                if c["name"] in ("calibration_in_the_large", "spiegelhalter_z"))
     assert "ece_noise_band" not in {c["name"] for c in run_gates(metrics, loose)["checks"]}
+
+
+@pytest.mark.parametrize("n", [2, 7, 100, 3000])
+def test_rank_auc_is_sklearns_auc_ties_included(n):
+    from sklearn.metrics import roc_auc_score
+
+    from ml.metrics import rank_auc
+
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 2, n).astype(float)
+    y[:2] = [0.0, 1.0]  # both classes
+    for p in (rng.random(n), np.round(rng.random(n), 1), np.full(n, 0.3)):  # distinct, many ties, all tied
+        assert rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert np.isnan(rank_auc(np.ones(n), rng.random(n)))
