@@ -31,7 +31,7 @@ from ml.errors import FtmlError
 
 logger = logging.getLogger(__name__)
 UNGATED_KEY = "ftml_ungated"  # config flag: an MLGate strategy passes every entry through
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keys are the span key + the timerange
 TRADE_COLUMNS = ["pair", "open_date", "close_date", "is_short", "profit_ratio", "enter_tag", "exit_reason"]
 # The wallet of the label backtest: large enough that no signal is ever refused for money.
 LABEL_WALLET, LABEL_STAKE = 1e12, 1.0
@@ -153,15 +153,17 @@ def _data_files(config: dict[str, Any], pairs: list[str]) -> list[Path]:
     return sorted(p for p in datadir.rglob("*") if p.is_file() and any(p.name.startswith(s + "-") for s in stems))
 
 
-def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str],
-              loaded_from: str | None = None) -> str | None:
-    """The label backtest's cache key; None (no caching) when the strategy's source file
-    cannot be found, since a change to it could then go unnoticed."""
+def span_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str],
+             loaded_from: str | None = None) -> str | None:
+    """What a label backtest's trades depend on, except its timerange; None (no caching)
+    when the strategy's source file cannot be found, since a change to it could then go
+    unnoticed. Runs with the same span key differ only in their range (see
+    :func:`_slice_of_longer_run`)."""
     import freqtrade
 
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": CACHE_FORMAT, "freqtrade": freqtrade.__version__,
-                              "timerange": config.get("timerange"), "timeframe": config.get("timeframe"),
+                              "timeframe": config.get("timeframe"),
                               "strategy": cls.__name__, "pairs": sorted(pairs)}, sort_keys=True).encode())
     # The config file without its "ml" section: the gate's settings never change the
     # un-gated strategy's trades, so tuning them must not re-run the backtest.
@@ -180,10 +182,11 @@ def cache_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs:
     return digest.hexdigest()[:24]
 
 
-def _span_key(config_path: str | Path, config: dict[str, Any], cls: type, pairs: list[str],
-              loaded_from: str | None) -> str | None:
-    """The cache key without the timerange: runs that differ only in their range."""
-    return cache_key(config_path, {**config, "timerange": None}, cls, pairs, loaded_from)
+def cache_key(span: str | None, timerange: str | None) -> str | None:
+    """The label backtest's cache key: its span key and its timerange."""
+    if span is None:
+        return None
+    return hashlib.sha256(json.dumps([span, timerange]).encode()).hexdigest()[:24]
 
 
 def _index_span(config: dict[str, Any], span: str, key: str, start: pd.Timestamp, end: pd.Timestamp) -> None:
@@ -275,7 +278,9 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     whitelist = list(backtesting.pairlists.whitelist)
     # Keyed by the user's class: the gate never changes the un-gated trades.
     loaded_from = getattr(strat, "__file__", None) if type(strat) is cls else None
-    key = cache_key(config_path, config, cls, whitelist, loaded_from)
+    # One hash of the data files for both keys (large data directories take seconds to read).
+    span = span_key(config_path, config, cls, whitelist, loaded_from)
+    key = cache_key(span, config.get("timerange"))
     if key is None:
         use_cache = False
         logger.warning("Label backtest of %s: its source file cannot be found, so the backtest is not cached.",
@@ -285,7 +290,6 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
     candles = {pair: frame.copy() for pair, frame in data.items()}
     cached = _read_cache(folder) if use_cache else None
     wanted = engineer is not None and bool(engineer.settings.include_columns)
-    span = _span_key(config_path, config, cls, whitelist, loaded_from) if key is not None else None
     if cached is None and use_cache and span is not None and (in_range := trim_dataframes(
             data, bt_range, backtesting.required_startup)):
         cached = _slice_of_longer_run(config, span, *get_timerange(in_range))
