@@ -7,6 +7,7 @@ Unknown keys are refused (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
@@ -234,7 +235,7 @@ def without_secrets(config: dict[str, Any]) -> dict[str, Any]:
     anything that needs the storage gets it from the settings in memory."""
     from ml.storage import redact
 
-    clean = json.loads(json.dumps(config))
+    clean = copy.deepcopy(config)
     for section, keys in SECRET_KEYS.items():
         for key in keys:
             if isinstance(clean.get(section), dict) and clean[section].get(key):

@@ -199,8 +199,12 @@ class WalkForward:
         target.write_text(jsonsafe.dumps(without_secrets(config), indent=1))
         return target
 
+    def _first_training_day(self) -> pd.Timestamp:
+        """The earliest candle any step reads: the first step's training start."""
+        return self.steps[0].moment - pd.Timedelta(days=self.cfg.retrain.window_days + self.cfg.retrain.train_days)
+
     def _check_data(self) -> None:
-        first = self.steps[0].moment - pd.Timedelta(days=self.cfg.retrain.window_days + self.cfg.retrain.train_days)
+        first = self._first_training_day()
         starts = [d.min() for p in self.ft["pairs"]
                   if len(d := candle_dates(self.ft["datadir"], p, self.ft["timeframe"], self.ft["data_format"]))]
         if not starts:
@@ -220,7 +224,7 @@ class WalkForward:
         from ml.features import FeatureEngineer
         from ml.trade_labels import strategy_trades
 
-        first = self.steps[0].moment - pd.Timedelta(days=self.cfg.retrain.window_days + self.cfg.retrain.train_days + 1)
+        first = self._first_training_day() - pd.Timedelta(days=1)  # the newest closed candle is before the moment
         strategy_trades(config_path, self.strategy, f"{int(first.timestamp())}-{int(self.end.timestamp())}",
                         self.ft["pairs"], engineer=FeatureEngineer(self.cfg.features, self.ft["timeframe"]))
 
