@@ -127,7 +127,8 @@ class RecalibrationSettings(_Section):
     holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="The newest share of those trades, kept out "
                                     "of the fit: the new calibrator is applied only if it beats the current one there.")
     min_rows: int = Field(100, ge=20, description="Fewer resolved trades than this in the window: no recalibration.")
-    in_retrain: bool = Field(True, description="ftml retrain recalibrates the champion when it keeps it.")
+    in_retrain: bool = Field(True, description="ftml retrain recalibrates the model in production after "
+                                              "the round: a champion it keeps, or a challenger it promotes.")
 
 
 class MLConfig(_Section):

@@ -19,9 +19,13 @@
    backtest gate) and beats the champion (window log loss by ``min_logloss_gain`` and
    backtest profit). Otherwise it is registered as ``failed`` with the reasons. An empty
    registry promotes a challenger that passes the gates.
-8. A champion that stays (kept or skipped) is recalibrated (``ml.recalibrate``, unless
+8. The model in production after the round is recalibrated (``ml.recalibrate``, unless
    ``recalibration.in_retrain`` is off): its calibration layer refitted on the newest
-   resolved trades, applied only where it beats the current one.
+   resolved trades, applied only where it beats the current one. A kept (or skipped-to)
+   champion: the base rate moves faster than its ranking goes stale. A challenger just
+   promoted: its calibrator was fitted on a block that ends ``window_days`` before now, and
+   the scoring window's trades, resolved since and never trained on, say where the base
+   rate is now.
 
 Output: one JSON line on stdout, a log file ``user_data/logs/retrain.log``, a W&B run.
 Exit 0 for promoted / kept / skipped / locked; non-zero only for errors.
@@ -347,11 +351,14 @@ class Retrain:
                 decision = "kept" if summary["champion"] else "not promoted"
         return self._finish(summary, decision, reasons)
 
-    def _recalibrate_champion(self, summary: dict[str, Any], decision: str) -> None:
-        """A kept champion gets its calibration refitted on the newest resolved trades
-        (``ml.recalibrate``): the base rate moves faster than the ranking goes stale."""
-        if decision not in ("kept", "skipped") or not summary.get("champion") or self.dry_run \
-                or not self.cfg.recalibration.in_retrain:
+    def _recalibrate_production(self, summary: dict[str, Any], decision: str) -> None:
+        """The production model after the round gets its calibration refitted on the newest
+        resolved trades (``ml.recalibrate``, with its holdout rule): a kept champion because
+        the base rate moves faster than the ranking goes stale, a promoted challenger because
+        its calibration block ended ``window_days`` ago (without this its first weeks trade
+        on the old base rate)."""
+        in_production = decision == "promoted" or (decision in ("kept", "skipped") and summary.get("champion"))
+        if not in_production or self.dry_run or not self.cfg.recalibration.in_retrain:
             return
         from ml.recalibrate import recalibrate
 
@@ -364,7 +371,7 @@ class Retrain:
                                                                "resolved_rows", "log_loss", "fit_end") if k in result}
 
     def _finish(self, summary, decision, reasons) -> dict[str, Any]:
-        self._recalibrate_champion(summary, decision)
+        self._recalibrate_production(summary, decision)
         summary.update(decision=decision, reasons=reasons, durations=self.timings,
                        seconds=round(time.perf_counter() - self.started, 1))
         return summary

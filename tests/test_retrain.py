@@ -70,6 +70,12 @@ def test_first_run_on_an_empty_registry_promotes(planted):
     assert SUMMARY_FIELDS <= set(first)
     assert first["backtests"]["challenger"]["trades"] > 0
     assert (root / "user_data" / "logs" / "retrain.log").read_text().count("Retrain promoted") == 1
+    # The promoted challenger's calibration block ended window_days ago: its calibration is
+    # refitted on the scoring window's resolved trades, or kept with the reason.
+    recal = first["recalibration"]
+    assert recal["decision"] in ("applied", "kept") and recal["resolved_rows"] >= 100, recal
+    if recal["decision"] == "applied":  # the later tests of this module expect v1 as trained
+        assert open_registry(root / "registry").rollback_calibration("TrendPullback", "test")["id"] == 1
 
 
 def test_second_run_on_the_same_data_keeps_the_champion(planted):
