@@ -6,7 +6,8 @@ version and calibration revision in production then: AUC, log loss against the l
 the constant base-rate forecast the model knew (its fitted base rate), Brier skill,
 calibration-in-the-large with its SE, Spiegelhalter Z. Next to them, the decision and why,
 and the trades and profit of the one backtest, gated vs un-gated. Two plots: calibration
-over time and cumulative profit (PNG, and W&B when tracking is on).
+over time and cumulative profit (PNG, and W&B when tracking is on). ``predictions.csv``:
+every scored trade with the probability that scored it (step, version, revision).
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ def _pooled(parts: list[tuple], rows, margin: float, span: np.timedelta64) -> di
     return _scores(rows, (*pooled, outcomes), margin, span)
 
 
+def _prediction_rows(rows, forecasts: tuple, rec: dict[str, Any]) -> pd.DataFrame:
+    """The step's scored trades: signal candle, pair, side, outcome, and the production
+    model's probability (the version and calibration revision that scored it)."""
+    idx, p_raw, p = forecasts[:3]
+    return pd.DataFrame({"step": rec["step"], "pair": rows.pairs[idx],
+                         "date": pd.DatetimeIndex(rows.times[idx]).tz_localize("UTC"),
+                         "side": rows.side_of_rows()[idx], "label": rows.y[idx].astype(int),
+                         "version": rec["production"], "revision": rec["revision"], "p_raw": p_raw, "p": p})
+
+
 def _trades(stats: dict[str, Any], strategy: str) -> pd.DataFrame:
     trades = pd.DataFrame(stats[strategy]["trades"])
     if trades.empty:
@@ -92,7 +103,7 @@ def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str
     span = (pd.Timedelta(wf.ft["timeframe"]) * rows.info.get("horizon_candles", 1)).as_unit("ns").to_timedelta64()
     gated, plain = _trades(stats, wf.gated), _trades(stats, wf.strategy)
     loaded: dict[tuple, ProductionModel] = {}
-    parts, steps, challengers = [], [], []
+    parts, steps, challengers, predictions = [], [], [], []
     for rec in records:
         start, until = pd.Timestamp(rec["moment"]), pd.Timestamp(rec["until"])
         idx = np.flatnonzero((rows.times >= _naive(start)) & (rows.times < _naive(until)))
@@ -106,6 +117,7 @@ def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str
                 loaded[key] = ProductionModel.load(wf.store, wf.name, engineer, *key)
             parts.append(_forecasts(loaded[key].bundle, rows, idx))  # at its revision's calibrator
             step["scores"] = _scores(rows, parts[-1], wf.cfg.gate.ev_margin, span)
+            predictions.append(_prediction_rows(rows, parts[-1], rec))
         else:
             step["scores"] = {"rows": int(len(idx)), "note": "no model in production: no entries"}
         if len(idx):  # the step's challenger on the same window, promoted or not: the pipeline's honesty
@@ -121,13 +133,16 @@ def report(wf, config_path: Path, records: list[dict[str, Any]], stats: dict[str
     signals = overall["backtest"]["ungated"]["trades"]
     overall["gate_share"] = overall["backtest"]["gated"]["trades"] / signals if signals else None
     overall["promotions"] = sum(r["decision"] == "promoted" for r in records)
+    if predictions:  # every scored trade, for a look of one's own (e.g. against an oracle)
+        pd.concat(predictions, ignore_index=True).to_csv(wf.folder / "predictions.csv", index=False)
     images = {"calibration_over_time": calibration_over_time(steps, wf.folder / "calibration_over_time.png"),
               "cumulative_profit": cumulative_profit(gated, plain, wf.gated, wf.strategy,
                                                      wf.folder / "cumulative_profit.png")}
     result = {"model": wf.name, "strategy": wf.strategy, "gated_strategy": wf.gated,
               "timerange": [wf.start.isoformat(), wf.end.isoformat()], "steps": steps, "overall": overall,
               "decisions": records,
-              "plots": {k: str(v) for k, v in images.items()}, "folder": str(wf.folder)}
+              "plots": {k: str(v) for k, v in images.items()}, "folder": str(wf.folder),
+              "predictions": str(wf.folder / "predictions.csv") if predictions else None}
     tracker = tracking.start(wf.tracking, {"walkforward": {"model": wf.name, "steps": len(steps),
                                                            "timerange": result["timerange"]}},
                              name=f"walkforward-{wf.name}", job_type="walkforward", group=wf.name,

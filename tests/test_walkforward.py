@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from ml.walkforward import parse_every, plan
 from tests.conftest import gated_strategy_project, run_ftml
@@ -75,7 +76,8 @@ def test_every_step_trains_before_its_moment_and_the_gate_beats_its_twin(planted
     assert overall["promotions"] >= 1
     # Calibration of the pooled forecasts: mean p within 2.5 SE of the hit rate (measured 1.9
     # SE). Spiegelhalter's Z, which also judges the spread, is reported, not yet held to
-    # |Z| < 2 (measured -3.4: the forecasts are too timid; see the issue's note).
+    # |Z| < 2 (measured -3.4: the forecasts are too timid, the calibration blocks' slopes of
+    # 1.3-2.0 do not earn their keep on ~280 trades; see the issue's note).
     scores = overall["scores"]
     assert abs(scores["calibration_in_the_large"]) < 2.5 * scores["calibration_in_the_large_se"], scores
     gated, ungated = overall["backtest"]["gated"], overall["backtest"]["ungated"]
@@ -83,6 +85,13 @@ def test_every_step_trains_before_its_moment_and_the_gate_beats_its_twin(planted
     assert gated["mean_profit_ratio"] > ungated["mean_profit_ratio"]
     # out of sample, every step's model on its own window: a real ranking, calibrated
     assert overall["scores"]["auc"] - 2 * overall["scores"]["auc_se"] > 0.55, overall["scores"]
+    # ... near the oracle: the planted edge is a function of the hour alone, so no ranking of
+    # these very trades beats their hour's own hit rate (fitted on them: an upper bound).
+    # Measured: 0.766 against 0.779.
+    scored = pd.read_csv(result["predictions"], parse_dates=["date"])
+    assert len(scored) == overall["scores"]["rows"]
+    oracle = scored.groupby(scored["date"].dt.hour)["label"].transform("mean")
+    assert roc_auc_score(scored["label"], scored["p"]) >= roc_auc_score(scored["label"], oracle) - 0.03
     assert overall["scores"]["log_loss"] < overall["scores"]["base_rate_log_loss"]
     for path in result["plots"].values():
         assert Path(path).stat().st_size > 10_000
