@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--timerange", type=timerange_arg, help="freqtrade timerange of the data to use, e.g. 20240101-20250101")
     tr.add_argument("--trials", type=int, help="Optuna trials to run now (default: training.trials)")
     tr.add_argument("--timeout", type=float, help="stop tuning after this many seconds")
-    tr.add_argument("--families", nargs="+", help="model families to search: xgboost lightgbm hist_gb logistic")
+    tr.add_argument("--families", nargs="+", choices=mlconfig.ALL_FAMILIES, metavar="FAMILY",
+                    help=f"model families to search: {' '.join(mlconfig.ALL_FAMILIES)} (default: {' '.join(mlconfig.DEFAULT_FAMILIES)})")
     tr.add_argument("--storage", help="Optuna storage URL (default: sqlite in user_data)")
     tr.add_argument("--study", help="study name; an existing study resumes (default: new, timestamped)")
     tr.add_argument("--workers", type=int, help="worker processes on the study, each on its own cores")

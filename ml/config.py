@@ -19,9 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ml.errors import FtmlError
 
 FeatureGroup = Literal["returns", "trend", "momentum", "volatility", "volume", "calendar", "higher_tf"]
-ModelFamily = Literal["xgboost", "lightgbm", "hist_gb", "logistic"]
+ModelFamily = Literal["xgboost", "lightgbm", "catboost", "hist_gb", "random_forest", "logistic"]
 ALL_GROUPS: tuple[str, ...] = FeatureGroup.__args__  # type: ignore[attr-defined]
 ALL_FAMILIES: tuple[str, ...] = ModelFamily.__args__  # type: ignore[attr-defined]
+# Searched unless ml.training.families says otherwise. CatBoost and the random forest are
+# opt-in: on our markets they fit slower for no better out-of-fold log loss (bench_training).
+DEFAULT_FAMILIES: tuple[str, ...] = ("xgboost", "lightgbm", "hist_gb", "logistic")
 
 
 class ConfigError(FtmlError, ValueError):
@@ -67,7 +70,7 @@ class LabelSettings(_Section):
 class TrainingSettings(_Section):
     strategy: str | None = Field(None, description="Learn from this freqtrade strategy's own trades "
                                  "(its class name, as for freqtrade's --strategy).")
-    families: list[ModelFamily] = Field(default_factory=lambda: list(ALL_FAMILIES), min_length=1)
+    families: list[ModelFamily] = Field(default_factory=lambda: list(DEFAULT_FAMILIES), min_length=1)
     trials: int = Field(30, ge=1)
     timeout: float | None = Field(None, gt=0)
     folds: int = Field(4, ge=2)
@@ -76,6 +79,10 @@ class TrainingSettings(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     min_samples: int = Field(500, ge=50)
     n_jobs: int | None = Field(None, ge=1, description="Threads per model; null = cores available.")
+    sample_weight: Literal["none", "balanced", "return"] = Field(
+        "none", description="Weights of the training rows in the model fits: none; balanced (each class "
+        "weighs half); return (|realised return|: a big win or loss counts more than a scratch). The "
+        "calibrator is always fitted unweighted, so probabilities stay probabilities.")
     workers: int = Field(1, ge=1)
     storage: str | None = Field(None, description="Optuna storage URL; null = SQLite in user_data.")
     study: str | None = None

@@ -6,10 +6,12 @@ class 1, and how to save/load itself:
 
 | family    | file          | format                                         |
 | --------- | ------------- | ---------------------------------------------- |
-| xgboost   | model.ubj     | XGBoost's universal binary JSON                |
-| lightgbm  | model.txt     | LightGBM's text model                          |
-| hist_gb   | model.skops   | skops, loaded with an explicit trusted-types list |
-| logistic  | model.skops   | skops, same                                    |
+| xgboost       | model.ubj     | XGBoost's universal binary JSON                |
+| lightgbm      | model.txt     | LightGBM's text model                          |
+| catboost      | model.cbm     | CatBoost's native binary model (flatbuffers)   |
+| hist_gb       | model.skops   | skops, loaded with an explicit trusted-types list |
+| random_forest | model.skops   | skops, same                                    |
+| logistic      | model.skops   | skops, same                                    |
 
 Nothing here uses pickle or joblib, so a model file cannot run code when loaded.
 """
@@ -23,9 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-# Exactly the scikit-learn types our two skops families contain; anything else in a file
-# makes skops refuse to load it.
+# Exactly the scikit-learn types our skops families contain; anything else in a file makes
+# skops refuse to load it.
 SKOPS_TRUSTED = [
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -86,7 +91,7 @@ class Family:
     def suggest(self, trial: Trial) -> dict[str, Any]:
         raise NotImplementedError
 
-    def fit(self, params, X, y, X_val, y_val, n_jobs: int, seed: int) -> FittedModel:
+    def fit(self, params, X, y, X_val, y_val, n_jobs: int, seed: int, sample_weight=None) -> FittedModel:
         raise NotImplementedError
 
     def predict(self, estimator, X: np.ndarray) -> np.ndarray:
@@ -115,14 +120,14 @@ class XGBoostFamily(Family):
             "reg_lambda": trial.suggest_float("xgb_reg_lambda", 1e-3, 10.0, log=True),
         }
 
-    def fit(self, params, X, y, X_val, y_val, n_jobs, seed):
+    def fit(self, params, X, y, X_val, y_val, n_jobs, seed, sample_weight=None):
         import xgboost as xgb
 
         model = xgb.XGBClassifier(
             n_estimators=1000, tree_method="hist", n_jobs=n_jobs, random_state=seed,
             early_stopping_rounds=EARLY_STOPPING_ROUNDS, eval_metric="logloss", **params,
         )
-        model.fit(X, y, eval_set=[(X_val, y_val)], verbose=False)
+        model.fit(X, y, sample_weight=sample_weight, eval_set=[(X_val, y_val)], verbose=False)
         return FittedModel(self.name, params, model, int(model.best_iteration) + 1)
 
     def predict(self, estimator, X):
@@ -160,14 +165,14 @@ class LightGBMFamily(Family):
             "reg_lambda": trial.suggest_float("lgb_reg_lambda", 1e-3, 10.0, log=True),
         }
 
-    def fit(self, params, X, y, X_val, y_val, n_jobs, seed):
+    def fit(self, params, X, y, X_val, y_val, n_jobs, seed, sample_weight=None):
         import lightgbm as lgb
 
         model = lgb.LGBMClassifier(
             n_estimators=1000, n_jobs=n_jobs, random_state=seed, subsample_freq=1,
             deterministic=True, force_row_wise=True, verbose=-1, **params,
         )
-        model.fit(X, y, eval_X=(X_val,), eval_y=(y_val,), eval_metric="binary_logloss",
+        model.fit(X, y, sample_weight=sample_weight, eval_X=(X_val,), eval_y=(y_val,), eval_metric="binary_logloss",
                   callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
         return FittedModel(self.name, params, model.booster_, int(model.best_iteration_ or model.n_estimators))
 
@@ -185,6 +190,48 @@ class LightGBMFamily(Family):
 
     def importance(self, estimator, n_features):
         return estimator.feature_importance(importance_type="gain").astype(float)
+
+
+class CatBoostFamily(Family):
+    """Ordered boosting (CatBoost's answer to target leakage in its own statistics) with
+    ``has_time``: the rows are in time order, so its internal permutations keep that order
+    instead of shuffling; early stopping on the same time-ordered slice as the others."""
+
+    name, filename = "catboost", "model.cbm"
+
+    def suggest(self, trial: Trial) -> dict[str, Any]:
+        return {
+            "depth": trial.suggest_int("cb_depth", 2, 8),
+            "learning_rate": trial.suggest_float("cb_learning_rate", 0.01, 0.3, log=True),
+            "l2_leaf_reg": trial.suggest_float("cb_l2_leaf_reg", 1.0, 30.0, log=True),
+            "random_strength": trial.suggest_float("cb_random_strength", 0.1, 10.0, log=True),
+            "rsm": trial.suggest_float("cb_rsm", 0.3, 1.0),
+        }
+
+    def fit(self, params, X, y, X_val, y_val, n_jobs, seed, sample_weight=None):
+        from catboost import CatBoostClassifier
+
+        model = CatBoostClassifier(
+            iterations=1000, loss_function="Logloss", eval_metric="Logloss", boosting_type="Ordered",
+            has_time=True, od_type="Iter", od_wait=EARLY_STOPPING_ROUNDS, use_best_model=True,
+            thread_count=n_jobs, random_seed=seed, allow_writing_files=False, verbose=False, **params,
+        )
+        model.fit(X, y, sample_weight=sample_weight, eval_set=(X_val, y_val))
+        return FittedModel(self.name, params, model, int(model.get_best_iteration()) + 1)
+
+    def save(self, estimator, folder):
+        estimator.save_model(str(folder / self.filename), format="cbm")
+        return [self.filename]
+
+    def load(self, folder):
+        from catboost import CatBoostClassifier
+
+        model = CatBoostClassifier()
+        model.load_model(str(folder / self.filename), format="cbm")
+        return model
+
+    def importance(self, estimator, n_features):
+        return np.asarray(estimator.get_feature_importance(), dtype=float)
 
 
 class _SkopsFamily(Family):
@@ -218,7 +265,7 @@ class HistGBFamily(_SkopsFamily):
             "l2_regularization": trial.suggest_float("hgb_l2_regularization", 1e-3, 10.0, log=True),
         }
 
-    def fit(self, params, X, y, X_val, y_val, n_jobs, seed):
+    def fit(self, params, X, y, X_val, y_val, n_jobs, seed, sample_weight=None):
         # scikit-learn's own early stopping draws a random (shuffled) validation split;
         # we grow the model in chunks and stop on our time-ordered slice instead.
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -230,7 +277,7 @@ class HistGBFamily(_SkopsFamily):
         best, best_iter, stale = np.inf, self.CHUNK, 0
         for rounds in range(self.CHUNK, 1000 + 1, self.CHUNK):
             model.set_params(max_iter=rounds)
-            model.fit(X, y)
+            model.fit(X, y, sample_weight=sample_weight)
             loss = log_loss(y_val, model.predict_proba(X_val)[:, 1], labels=[0, 1])
             if loss < best - 1e-6:
                 best, best_iter, stale = loss, rounds, 0
@@ -239,8 +286,35 @@ class HistGBFamily(_SkopsFamily):
                 if stale * self.CHUNK >= EARLY_STOPPING_ROUNDS:
                     break
         final = HistGradientBoostingClassifier(max_iter=best_iter, early_stopping=False, random_state=seed, **params)
-        final.fit(X, y)
+        final.fit(X, y, sample_weight=sample_weight)
         return FittedModel(self.name, params, final, best_iter)
+
+
+class RandomForestFamily(_SkopsFamily):
+    """Bagged trees: no boosting rounds, so nothing to stop early (the validation slice
+    is not used); shallow, large-leaved trees keep the probabilities from collapsing to 0/1
+    and the file small. Missing values are routed by the trees themselves."""
+
+    name = "random_forest"
+    TREES = 200
+
+    def suggest(self, trial: Trial) -> dict[str, Any]:
+        return {
+            "max_depth": trial.suggest_int("rf_max_depth", 3, 12),
+            "min_samples_leaf": trial.suggest_int("rf_min_samples_leaf", 20, 500, log=True),
+            "max_features": trial.suggest_float("rf_max_features", 0.1, 0.7),
+            "max_samples": trial.suggest_float("rf_max_samples", 0.3, 1.0),
+        }
+
+    def fit(self, params, X, y, X_val, y_val, n_jobs, seed, sample_weight=None):
+        from sklearn.ensemble import RandomForestClassifier
+
+        model = RandomForestClassifier(n_estimators=self.TREES, n_jobs=n_jobs, random_state=seed, **params)
+        model.fit(X, y, sample_weight=sample_weight)
+        return FittedModel(self.name, params, model, None)
+
+    def importance(self, estimator, n_features):
+        return np.asarray(estimator.feature_importances_, dtype=float)
 
 
 class LogisticFamily(_SkopsFamily):
@@ -249,7 +323,7 @@ class LogisticFamily(_SkopsFamily):
     def suggest(self, trial: Trial) -> dict[str, Any]:
         return {"C": trial.suggest_float("logit_C", 1e-4, 10.0, log=True)}
 
-    def fit(self, params, X, y, X_val, y_val, n_jobs, seed):
+    def fit(self, params, X, y, X_val, y_val, n_jobs, seed, sample_weight=None):
         from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
@@ -260,7 +334,7 @@ class LogisticFamily(_SkopsFamily):
             ("scale", StandardScaler()),
             ("logit", LogisticRegression(C=params["C"], max_iter=2000)),
         ])
-        model.fit(X, y)
+        model.fit(X, y, logit__sample_weight=sample_weight)
         return FittedModel(self.name, params, model, None)
 
     def importance(self, estimator, n_features):
@@ -268,7 +342,8 @@ class LogisticFamily(_SkopsFamily):
 
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (XGBoostFamily(), LightGBMFamily(), HistGBFamily(), LogisticFamily())
+    f.name: f for f in (XGBoostFamily(), LightGBMFamily(), CatBoostFamily(), HistGBFamily(), RandomForestFamily(),
+                        LogisticFamily())
 }
 
 

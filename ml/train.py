@@ -34,6 +34,7 @@ from ml.tuning import (
     best_trial,
     finished,
     fit_family,
+    row_weights,
     run_study,
     trial_params,
     wait_for_running,
@@ -133,7 +134,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
 
     # ---- tuning on the training block only
     X_train = train_block.X[inputs].to_numpy(dtype=np.float64)
-    tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed)
+    weights = row_weights(t.sample_weight, train_block.y, train_block.realised)
+    tuning = TuningData(X_train, train_block.y, train_block.times, folds, list(t.families), t.seed, weights)
     n_jobs = t.n_jobs or available_cores()
     if req.worker_only:
         tracker: tracking.Tracker = tracking.NoopTracker()  # a worker adds trials; the owner's run logs them
@@ -160,7 +162,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
 
         # ---- refit the best trial on the whole training block, then freeze it
         model = fit_family(family, params, X_train, train_block.y, train_block.times,
-                           np.arange(len(train_block)), n_jobs, t.seed)
+                           np.arange(len(train_block)), n_jobs, t.seed, weights)
         p_calib_raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
         calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
         # What a win and a loss really return (fees and time exits included), measured where the
@@ -224,6 +226,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
             "ranges": {"train": _span(train_block), "calibration": _span(calib_block), "test": _span(test_block)},
             # The newest candle any fitted part (model or calibrator) depended on.
             "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
+            "sample_weight": t.sample_weight,  # of the model's fits; the calibrator is unweighted
             "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"],
                       "tuned": req.fixed_params is None},
             "metrics": _headline(report),

@@ -43,6 +43,27 @@ class TuningData:
     folds: list[tuple[np.ndarray, np.ndarray]]
     families: list[str]
     seed: int
+    weights: np.ndarray | None = None  # per row of X (``row_weights``); None: unweighted
+
+
+def row_weights(kind: str, y: np.ndarray, realised: np.ndarray) -> np.ndarray | None:
+    """Training-row weights (``ml.training.sample_weight``), mean 1; None for ``none``.
+
+    ``balanced``: each class weighs half of the total. ``return``: |realised return|, so a
+    trade that won or lost a lot counts more than a scratch near zero.
+    """
+    if kind == "none":
+        return None
+    if kind == "balanced":
+        counts = np.bincount(y.astype(np.int64), minlength=2).astype(np.float64)
+        weights = (len(y) / (2.0 * np.maximum(counts, 1.0)))[y.astype(np.int64)]
+    elif kind == "return":
+        weights = np.abs(np.asarray(realised, dtype=np.float64))
+        if not weights.sum() > 0:
+            raise ValueError("sample_weight 'return': every training row returned exactly 0")
+    else:
+        raise ValueError(f"unknown sample_weight {kind!r}: none, balanced or return")
+    return weights / weights.mean()
 
 
 def early_stopping_split(times: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +76,12 @@ def early_stopping_split(times: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray
 
 
 def fit_family(family: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, times: np.ndarray,
-               idx: np.ndarray, n_jobs: int, seed: int) -> FittedModel:
+               idx: np.ndarray, n_jobs: int, seed: int, weights: np.ndarray | None = None) -> FittedModel:
+    """Fit on rows ``idx``, early-stopping on their newest share (scored unweighted: the
+    stopping point is where the probabilities, not the weighted loss, stop improving)."""
     fit_idx, stop_idx = early_stopping_split(times, idx)
-    return FAMILIES[family].fit(params, X[fit_idx], y[fit_idx], X[stop_idx], y[stop_idx], n_jobs, seed)
+    return FAMILIES[family].fit(params, X[fit_idx], y[fit_idx], X[stop_idx], y[stop_idx], n_jobs, seed,
+                                sample_weight=None if weights is None else weights[fit_idx])
 
 
 def suggest(trial: optuna.trial.BaseTrial, families: list[str]) -> tuple[str, dict[str, Any]]:
@@ -97,7 +121,7 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         losses, aucs, briers = [], [], []
         for step, (train, val) in enumerate(d.folds):
-            model = fit_family(family, params, d.X, d.y, d.times, train, self.n_jobs, d.seed)
+            model = fit_family(family, params, d.X, d.y, d.times, train, self.n_jobs, d.seed, d.weights)
             p = np.clip(model.predict_raw(d.X[val]), 1e-6, 1 - 1e-6)
             losses.append(log_loss(d.y[val], p, labels=[0, 1]))
             briers.append(brier_score_loss(d.y[val], p))

@@ -31,7 +31,7 @@ def test_missing_section_gives_working_defaults():
         # Keys of the fixed-barrier labeller, removed: the line says what replaced them.
         ({"label": {"take_profit": 0.03}}, ["'ml.label.take_profit' was removed", "set them in the strategy"]),
         ({"training": {"signal": None}}, ["'ml.training.signal' was removed", "ml.training.strategy"]),
-        ({"training": {"families": ["xgboost", "catboost"]}}, ["ml.training.families.1", "catboost"]),
+        ({"training": {"families": ["xgboost", "svm"]}}, ["ml.training.families.1", "svm"]),
         ({"tracking": {"mode": True}}, ["ml.tracking.mode"]),
     ],
 )

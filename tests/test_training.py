@@ -20,7 +20,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from ml.bundle import load_bundle
-from ml.config import GateSettings, from_dict, load
+from ml.config import ALL_FAMILIES, GateSettings, from_dict, load
 from ml.registry import run_gates
 from ml.splits import chronological_split, purge_gap
 from ml.synth import oracle_auc
@@ -148,7 +148,7 @@ np.save(sys.argv[3], bundle.predict_proba(X))
 """
 
 
-@pytest.mark.parametrize("family", ["xgboost", "lightgbm", "hist_gb", "logistic"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_reload_in_a_fresh_process_is_bit_identical_and_never_opens_pickles(tmp_path, family):
     summary = run_training(tmp_path, "planted", 5, n_pairs=2, candles=4000, families=[family], trials=1)
     folder = Path(summary["bundle"])
