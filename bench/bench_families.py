@@ -1,10 +1,11 @@
 """Model families side by side: fit time and out-of-fold log loss, one family per study.
 
-The rows are a strategy's own trades (tests/strategies/EveryFewHours.py entering on every
-full hour; ROI 3%, stoploss 3%, 24-hour exit), labelled by freqtrade's backtest, on:
+The rows are a strategy's own trades (tests/strategies/EveryFewHours.py, entries at fixed
+times; ROI 3%, stoploss 3%, 24-hour exit), labelled by freqtrade's backtest, on:
 
 * "planted": 6 synthetic pairs of 1h candles with an intraday drift (a known edge);
-* "real": the ten */BTC pairs of ../shared (Binance 5m candles, January 2018), when present.
+* "real": the ten */BTC pairs of ../shared (Binance 5m candles, 2018-01-10..30), when present,
+  entering every 15 minutes; features without the 4h timeframe (its warm-up is 10 days).
 
 For each family, ``ml.train`` runs a study of ``TRIALS`` trials restricted to it (the same
 purged time-ordered folds, pruning and calibration as a normal training) on the same rows.
@@ -35,16 +36,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "freqtrade-te
 SYNTH_PAIRS = [f"B{i}/BTC" for i in range(6)]
 
 
-def project(folder: Path, pairs: list[str], timeframe: str) -> Path:
+def project(folder: Path, pairs: list[str], timeframe: str, entries: str, features: dict | None = None) -> Path:
+    """EveryFewHours entering where ``entries`` (a condition on ``df["date"]``) holds."""
     (folder / "strategies").mkdir(parents=True)
-    source = (TEST_STRATEGIES / "EveryFewHours.py").read_text().replace("every_hours = 6", "every_hours = 1")
-    source = source.replace('(df["date"].dt.hour % self.every_hours == 0)',
-                            '(df["date"].dt.hour % self.every_hours == 0) & (df["date"].dt.minute == 0)')
+    source = (TEST_STRATEGIES / "EveryFewHours.py").read_text()
+    source = source.replace('(df["date"].dt.hour % self.every_hours == 0)', f"({entries})")
     (folder / "strategies" / "EveryFewHours.py").write_text(source)
     write_config(folder / "config.json", strategy_path=str(folder / "strategies"), timeframe=timeframe,
                  exchange={"name": "binance", "pair_whitelist": pairs},
                  ml={"training": {"strategy": "EveryFewHours", "n_jobs": available_cores(), "min_samples": 200},
-                     "tracking": {"mode": "disabled"}})
+                     "features": features or {}, "tracking": {"mode": "disabled"}})
     return folder
 
 
@@ -55,7 +56,7 @@ def labelled(folder: Path, timeframe: str) -> Path:
 
 
 def synthetic(folder: Path) -> Path:
-    project(folder, SYNTH_PAIRS, "1h")
+    project(folder, SYNTH_PAIRS, "1h", 'df["date"].dt.minute == 0')  # every candle
     write_market(folder / "user_data" / "data" / "binance", SYNTH_PAIRS, "1h", 2600, "null", seed=11, hour_drift=0.5)
     return labelled(folder, "1h")
 
@@ -64,7 +65,9 @@ def real(folder: Path) -> Path | None:
     files = sorted(SHARED.glob("*_BTC-5m.feather"))
     if not files:
         return None
-    project(folder, [f.name.split("-")[0].replace("_", "/") for f in files], "5m")
+    # 20 days of candles: every 15 minutes, and no 4h features (their warm-up would take 10 days)
+    project(folder, [f.name.split("-")[0].replace("_", "/") for f in files], "5m", 'df["date"].dt.minute % 15 == 0',
+            {"higher_timeframes": ["1h"]})
     data = folder / "user_data" / "data" / "binance"
     data.mkdir(parents=True)
     for f in files:

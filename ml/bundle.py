@@ -107,18 +107,21 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(folder: str | Path, calibrator_file: str | None = None) -> Bundle:
+def load_bundle(folder: str | Path, calibrator_file: str | None = None, runtime: str = "native") -> Bundle:
     """Load model and calibrator from the known file names only (never pickle).
 
     ``calibrator_file``: a recalibration revision's file (``calibrator.r<n>.json``, named by
-    the registry) instead of the calibrator the model was trained with.
+    the registry) instead of the calibrator the model was trained with. ``runtime="onnx"``:
+    the model from ``model.onnx`` (``ftml export onnx``) through onnxruntime.
     """
     folder = Path(folder)
     if calibrator_file is not None and not re.fullmatch(r"calibrator\.r[0-9]+\.json", calibrator_file):
         raise BundleError(f"{folder}: refusing calibrator file {calibrator_file!r} (expected calibrator.r<n>.json)")
     manifest = read_manifest(folder)
     try:
-        model = load_model(manifest["family"], folder, manifest.get("params"))
+        model = _load_model(folder, manifest, runtime)
+    except BundleError:
+        raise
     except Exception as err:
         raise BundleError(f"{folder / FAMILIES[manifest['family']].filename}: cannot load model: {err}") from err
     try:
@@ -126,3 +129,21 @@ def load_bundle(folder: str | Path, calibrator_file: str | None = None) -> Bundl
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # any malformed JSON: refused
         raise BundleError(f"{folder / (calibrator_file or CALIBRATOR)}: cannot load calibrator: {err}") from err
     return Bundle(manifest, model, calibrator)
+
+
+def _load_model(folder: Path, manifest: dict[str, Any], runtime: str):
+    if runtime == "native":
+        return load_model(manifest["family"], folder, manifest.get("params"))
+    if runtime != "onnx":
+        raise BundleError(f"unknown model runtime {runtime!r}: native or onnx")
+    from ml.onnx_export import ONNX_FILE, OnnxError, OnnxModel, refusal
+
+    path = folder / ONNX_FILE
+    if not path.is_file():
+        why = refusal(manifest["family"])
+        raise BundleError(f"{folder}: no {ONNX_FILE}. " + (why or f"Export it first: `ftml export onnx "
+                                                                f"{manifest.get('model_name')} <version>`."))
+    try:
+        return OnnxModel(manifest["family"], path)
+    except OnnxError as err:
+        raise BundleError(f"{path}: {err}") from err

@@ -387,6 +387,20 @@ def cmd_new_strategy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from ml.onnx_export import export_onnx
+
+    cfg = mlconfig.load(args.config)
+    result = export_onnx(cfg, freqtrade_settings(args.config), args.name, args.version)
+    parity = result["parity"]
+    print(f"Exported {args.name} v{args.version} ({result['family']}) as {result['file']}, {result['bytes']:,} bytes; "
+          f"max |p_onnx - p_native| {parity['max_abs_diff']:.1e} on {parity['rows']:,} feature rows. Serve it with "
+          f"\"ml\": {{\"gate\": {{\"runtime\": \"onnx\"}}}}.", file=sys.stderr)
+    print(jsonsafe.dumps(result))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from ml.demo import run_demo
@@ -613,6 +627,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "revision again")
     rc.add_argument("--reason", help="why (recorded in the registry's event log)")
     rc.set_defaults(func=cmd_recalibrate)
+
+    ex = sub.add_parser(
+        "export", help="write a registered model in another format (onnx)",
+        description="Convert a registered version's model to ONNX (model.onnx in its version folder, recorded with "
+        "its sha256). The calibrator stays JSON. The copy is checked against the native model on up to 10,000 "
+        "feature rows of the model's pairs from the candles on disk and refused above |dp| 1e-6. Families: "
+        "xgboost, lightgbm, catboost, logistic (hist_gb and random_forest are refused with the reason). Serve it "
+        "with ml.gate.runtime \"onnx\".",
+    )
+    ex.add_argument("format", choices=["onnx"], help="the format to write")
+    ex.add_argument("name", help="model name (as in `ftml registry list`)")
+    ex.add_argument("version", type=int, help="version number")
+    ex.add_argument("-c", "--config", default="config.json")
+    ex.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="the whole loop, offline, in a few minutes")
     demo.add_argument("-c", "--config", default="config.json")

@@ -107,6 +107,8 @@ class GateSettings(_Section):
     fallback_ungated: bool = False
     walkforward: str | None = Field(None, description="A walk-forward schedule (ftml walkforward writes it): in a "
                                     "backtest, each candle is scored by the version in production at its time.")
+    runtime: Literal["native", "onnx"] = Field("native", description="Serve the model from its native file, or "
+                                               "from model.onnx through onnxruntime (ftml export onnx NAME VERSION).")
 
 
 class TrackingSettings(_Section):

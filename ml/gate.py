@@ -144,7 +144,8 @@ class MLGate:
 
     def _try_load(self) -> ProductionModel | None:
         try:
-            model = ProductionModel.load(self.ml.registry.path, self.model_name, self.engineer)
+            model = ProductionModel.load(self.ml.registry.path, self.model_name, self.engineer,
+                                         runtime=self.ml.gate.runtime)
         except (FtmlError, OSError, ValueError) as err:
             self._say(f"load:{err}", "ML gate closed for %s (no entries): %s", self.model_name, err)
             return None

@@ -88,9 +88,10 @@ class ProductionModel:
 
     @classmethod
     def load(cls, store: str | Path | Registry, name: str, engineer: FeatureEngineer | None = None,
-             version: int | None = None, revision: int | None = None) -> ProductionModel:
+             version: int | None = None, revision: int | None = None, runtime: str = "native") -> ProductionModel:
         """The production version, verified; or, for a walk-forward backtest, ``version`` at
-        calibration ``revision`` (None: its trained calibrator) as it was at some moment."""
+        calibration ``revision`` (None: its trained calibrator) as it was at some moment.
+        ``runtime="onnx"`` serves its ``model.onnx`` (verified like every file) instead."""
         registry = open_registry(store)
         key = stat_key(registry.index)
         doc = registry.read()
@@ -120,7 +121,7 @@ class ProductionModel:
         why = smoke_test(registry.version_dir(entry), entry["files"], registry.root)
         if why:
             raise IntegrityError(f"Refusing {name} v{entry['id']}: {why}")
-        bundle = load_bundle(registry.version_dir(entry), calibrator_file(entry))
+        bundle = load_bundle(registry.version_dir(entry), calibrator_file(entry), runtime)
         if bundle.feature_set_id != entry.get("feature_set_id"):
             raise IntegrityError(f"Refusing {name} v{entry['id']}: bundle.json and registry.json disagree "
                                  "on the feature set")

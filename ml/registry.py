@@ -573,6 +573,25 @@ class Registry:
 
         return self._transaction(change)
 
+    def add_export(self, name: str, version: int, filename: str, data: bytes, details: dict[str, Any]) -> None:
+        """Add a derived artifact of the model (``ftml export onnx``: ``model.onnx``) to the
+        version folder, hashed like every other file and described under ``exports``."""
+        if "/" in filename or filename.startswith(".") or filename in ("bundle.json", "registry.json"):
+            raise RegistryError(f"refusing export file name {filename!r}")
+
+        def change(doc):
+            entry = self.version(name, version, doc)
+            target = self.safe_path(f"{entry['path']}/{filename}")
+            tmp = target.with_name(f".{filename}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            entry["files"][filename] = sha256_file(target)
+            entry.setdefault("exports", {})[Path(filename).suffix.lstrip(".")] = {**details, "created": _now()}
+            self._event(doc, "export", name, version, f"exported {filename}")
+
+        self._transaction(change)
+
     def rollback_calibration(self, name: str, reason: str = "") -> dict[str, Any]:
         """Make the production version use the calibrator that was active before the current
         revision (the training calibrator when it was the first)."""

@@ -87,6 +87,7 @@ class Version(_Loose):
     backtest: dict[StrictStr, Any] | None = None
     calibration_revision: StrictInt | None = None  # the active recalibration (None: the training calibrator)
     calibration_revisions: list[Revision] = Field(default_factory=list)
+    exports: dict[StrictStr, Any] = Field(default_factory=dict)  # ftml export: {"onnx": {file, parity, ...}}
 
     @field_validator("train_end")
     @classmethod

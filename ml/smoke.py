@@ -77,16 +77,20 @@ def _child(folder: str) -> int:
     import numpy as np
 
     from ml.bundle import load_bundle
+    from ml.onnx_export import ONNX_FILE
 
-    bundle = load_bundle(folder)
-    rng = np.random.default_rng(0)
-    X = rng.normal(0.0, 1.0, size=(SMOKE_ROWS, len(bundle.feature_names)))
-    X[0] = 0.0
-    X[1] = np.nan  # missing values are what live candles bring during warm-up
-    p = bundle.predict_proba(X)
-    if p.shape != (SMOKE_ROWS,) or not np.all((p >= 0) & (p <= 1)):
-        print(f"predictions are not probabilities: {p[:5]}", file=sys.stderr)
-        return 1
+    # the native model, and its ONNX copy when one was exported (either may be served)
+    runtimes = ["native", "onnx"] if (Path(folder) / ONNX_FILE).is_file() else ["native"]
+    for runtime in runtimes:
+        bundle = load_bundle(folder, runtime=runtime)
+        rng = np.random.default_rng(0)
+        X = rng.normal(0.0, 1.0, size=(SMOKE_ROWS, len(bundle.feature_names)))
+        X[0] = 0.0
+        X[1] = np.nan  # missing values are what live candles bring during warm-up
+        p = bundle.predict_proba(X)
+        if p.shape != (SMOKE_ROWS,) or not np.all((p >= 0) & (p <= 1)):
+            print(f"{runtime} predictions are not probabilities: {p[:5]}", file=sys.stderr)
+            return 1
     return 0
 
 
