@@ -47,7 +47,7 @@ def render(results: list[dict]) -> str:
         for row in res["rows"]:
             lines.append(
                 f"| {res['benchmark']} | {row['figure']} | {row['value']} | {row['reference']} | "
-                f"{row['ratio']} | {row['goal']} | {'yes' if row['met'] else 'no'} | {res['peak_rss_mb']} MB | "
+                f"{row['ratio']} | {row['goal']} | {'-' if row['met'] is None else 'yes' if row['met'] else 'no'} | {res['peak_rss_mb']} MB | "
                 f"{res.get('date', '?')} |"
             )
     return "\n".join(lines) + "\n"
