@@ -31,7 +31,7 @@ def study(folder: Path, kind: str, timeframe: str) -> tuple[dict, float]:
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:+.2f}%"
+    return "n/a" if value is None or value != value else f"{value * 100:+.2f}%"  # no gated trades: NaN
 
 
 def rows_for(market: str, folder: Path, timeframe: str) -> list[dict]:
