@@ -4,8 +4,8 @@ A family knows its Optuna search space (``suggest``), how to build and fit an es
 (``fit`` with a time-ordered early-stopping slice), how to predict the raw probability of
 class 1, and how to save/load itself:
 
-| family    | file          | format                                         |
-| --------- | ------------- | ---------------------------------------------- |
+| family        | file          | format                                         |
+| ------------- | ------------- | ---------------------------------------------- |
 | xgboost       | model.ubj     | XGBoost's universal binary JSON                |
 | lightgbm      | model.txt     | LightGBM's text model                          |
 | catboost      | model.cbm     | CatBoost's native binary model (flatbuffers)   |
