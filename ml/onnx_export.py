@@ -120,8 +120,7 @@ def feature_rows(cfg, ft: dict[str, Any], manifest: dict[str, Any], limit: int =
     from ml.features import FeatureEngineer
 
     engineer = FeatureEngineer(cfg.features, manifest["timeframe"])
-    pairs = [p for p in manifest.get("pairs", []) if p in ft.get("pairs", manifest.get("pairs", []))] \
-        or list(manifest.get("pairs", []))
+    pairs = list(manifest.get("pairs") or ft.get("pairs", []))  # a pair without candles on disk is skipped
     frames, _ = load_candles(ft["datadir"], pairs, manifest["timeframe"], data_format=ft.get("data_format", "feather"))
     per_pair = -(-limit // max(1, len(frames)))  # ceil: the pairs together give limit rows
     parts = []

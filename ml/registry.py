@@ -78,6 +78,9 @@ class ProductionMoved(RegistryError):
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
+EXPORT_FILES = ("model.onnx",)  # what `ftml export` may add to a version folder
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -576,8 +579,8 @@ class Registry:
     def add_export(self, name: str, version: int, filename: str, data: bytes, details: dict[str, Any]) -> None:
         """Add a derived artifact of the model (``ftml export onnx``: ``model.onnx``) to the
         version folder, hashed like every other file and described under ``exports``."""
-        if "/" in filename or filename.startswith(".") or filename in ("bundle.json", "registry.json"):
-            raise RegistryError(f"refusing export file name {filename!r}")
+        if filename not in EXPORT_FILES:  # never overwrite a file the version was registered with
+            raise RegistryError(f"refusing export file name {filename!r} (known: {', '.join(EXPORT_FILES)})")
 
         def change(doc):
             entry = self.version(name, version, doc)

@@ -14,7 +14,7 @@ from ml.cli import freqtrade_settings
 from ml.config import load
 from ml.onnx_export import CONVERTIBLE, PARITY_ROWS, REFUSED, export_onnx, feature_rows
 from ml.predictor import ProductionModel
-from ml.registry import IntegrityError, open_registry
+from ml.registry import IntegrityError, RegistryError, open_registry
 from ml.train import train
 from tests.conftest import run_ftml, strategy_project, train_request
 from tests.test_training import PickleBomb
@@ -75,6 +75,8 @@ def test_the_gate_serves_onnx_verified_and_refuses_what_does_not_convert(market)
     assert json.loads(done.stdout.strip().splitlines()[-1])["parity"]["max_abs_diff"] <= 1e-6
     model = ProductionModel.load(registry, name, runtime="onnx")
     assert type(model.bundle.model).__name__ == "OnnxModel"
+    with pytest.raises(RegistryError, match="refusing export file name"):  # never over a registered file
+        registry.add_export(name, version, "model.txt", b"not a model", {})
     # a changed model.onnx fails its sha256: refused like any other file
     onnx_file = registry.version_dir(registry.version(name, version)) / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:-10])
