@@ -75,11 +75,13 @@ def real(folder: Path) -> Path | None:
     return labelled(folder, "5m")
 
 
-def study(folder: Path, family: str, timeframe: str) -> tuple[dict, float]:
+def study(folder: Path, timeframe: str, name: str, **training) -> tuple[dict, float]:
+    """One training of ``TRIALS`` trials with these ``training`` settings, into ``folder/name``:
+    its summary (with the best trial's out-of-fold log loss) and wall seconds."""
     cfg = load(folder / "config.json").model_dump()
-    cfg["training"].update(trials=TRIALS, families=[family])
-    req = TrainRequest(folder / "config.json", "EveryFewHours", [], timeframe, None, folder / family,
-                       f"sqlite:///{folder}/o.db", family)
+    cfg["training"].update(trials=TRIALS, **training)
+    req = TrainRequest(folder / "config.json", "EveryFewHours", [], timeframe, None, folder / name,
+                       f"sqlite:///{folder}/o.db", name)
     start = time.perf_counter()
     summary = train(from_dict(cfg), req)
     seconds = time.perf_counter() - start
@@ -87,8 +89,20 @@ def study(folder: Path, family: str, timeframe: str) -> tuple[dict, float]:
     return {**summary, "oof_log_loss": metrics["trials"]["best_value"]}, seconds
 
 
+def both_markets(rows_for) -> list[dict]:
+    """``rows_for(market, folder, timeframe)`` on the planted market, then on the real pairs
+    when ../shared has them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = rows_for("planted", synthetic(root / "planted"), "1h")
+        shared = real(root / "real")
+        if shared:
+            rows += rows_for("real 5m", shared, "5m")
+    return rows
+
+
 def rows_for(market: str, folder: Path, timeframe: str) -> list[dict]:
-    results = {family: study(folder, family, timeframe) for family in ALL_FAMILIES}
+    results = {family: study(folder, timeframe, family, families=[family]) for family in ALL_FAMILIES}
     reference = results["lightgbm"][0]["oof_log_loss"]
     rows = []
     for family, (summary, seconds) in results.items():
@@ -103,13 +117,7 @@ def rows_for(market: str, folder: Path, timeframe: str) -> list[dict]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        rows = rows_for("planted", synthetic(root / "planted"), "1h")
-        shared = real(root / "real")
-        if shared:
-            rows += rows_for("real 5m", shared, "5m")
-    emit("families", rows)
+    emit("families", both_markets(rows_for))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sample weights of the training rows (``ml.training.sample_weight``): none, balanced, return.
 
 Same rows as bench_families (EveryFewHours's trades on the planted 1h market and on the ten
-../shared 5m pairs); LightGBM, ``TRIALS`` trials, the same seed, one study per weighting.
+../shared 5m pairs); LightGBM, ``bench_families.TRIALS`` trials, the same seed, one study per weighting.
 The calibrator is fitted unweighted in every case. Reported on the untouched test block:
 log loss (the ratio is against ``none``), AUC, and the EV gate's trades and mean realised
 return per trade (what a gated strategy would have earned per trade on that block).
@@ -9,25 +9,12 @@ return per trade (what a gated strategy would have earned per trade on that bloc
 
 from __future__ import annotations
 
-import tempfile
-import time
 from pathlib import Path
 
-from bench.bench_families import TRIALS, real, synthetic
+from bench.bench_families import both_markets, study
 from bench.common import emit
-from ml.config import from_dict, load
-from ml.train import TrainRequest, train
 
 KINDS = ("none", "balanced", "return")
-
-
-def study(folder: Path, kind: str, timeframe: str) -> tuple[dict, float]:
-    cfg = load(folder / "config.json").model_dump()
-    cfg["training"].update(trials=TRIALS, families=["lightgbm"], sample_weight=kind)
-    req = TrainRequest(folder / "config.json", "EveryFewHours", [], timeframe, None, folder / f"w-{kind}",
-                       f"sqlite:///{folder}/w.db", f"w-{kind}")
-    start = time.perf_counter()
-    return train(from_dict(cfg), req), time.perf_counter() - start
 
 
 def _pct(value: float | None) -> str:
@@ -35,7 +22,8 @@ def _pct(value: float | None) -> str:
 
 
 def rows_for(market: str, folder: Path, timeframe: str) -> list[dict]:
-    results = {kind: study(folder, kind, timeframe) for kind in KINDS}
+    results = {kind: study(folder, timeframe, f"w-{kind}", families=["lightgbm"], sample_weight=kind)
+               for kind in KINDS}
     reference = results["none"][0]["test"]["log_loss"]
     rows = []
     for kind, (summary, seconds) in results.items():
@@ -51,13 +39,7 @@ def rows_for(market: str, folder: Path, timeframe: str) -> list[dict]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        rows = rows_for("planted", synthetic(root / "planted"), "1h")
-        shared = real(root / "real")
-        if shared:
-            rows += rows_for("real 5m", shared, "5m")
-    emit("weights", rows)
+    emit("weights", both_markets(rows_for))
 
 
 if __name__ == "__main__":
