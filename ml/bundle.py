@@ -3,7 +3,8 @@
     bundle.json      what the model is: family, params, features, feature_set_id, the
                      strategy and sides whose trades it learnt, their outcome returns,
                      pairs, time ranges, train_end, metrics summary
-    model.*          the model in its library's native format (see ml.models)
+    model.*          the model in its library's native format (see ml.models), or, for an
+                     ensemble, ensemble.json plus members/<i>-<family>/model.* (ml.ensemble)
     calibrator.json  the calibration map
     calibrator.r<n>.json  recalibration revisions, added by the registry (ftml recalibrate)
     metrics.json     the full evaluation report
@@ -32,6 +33,7 @@ BUNDLE_FORMAT = 1
 MANIFEST = "bundle.json"
 CALIBRATOR = "calibrator.json"
 METRICS = "metrics.json"
+ENSEMBLE = "ensemble"  # the family of an ml.ensemble.EnsembleModel: members listed in ensemble.json
 
 
 class BundleError(FtmlError, ValueError):
@@ -86,6 +88,7 @@ def save_bundle(folder: Path, model: FittedModel, calibrator: calibration.Calibr
     (folder / CALIBRATOR).write_text(calibration.to_json(calibrator))
     (folder / METRICS).write_text(jsonsafe.dumps(metrics, indent=2))
     manifest = {**manifest, "format": BUNDLE_FORMAT, "family": model.family, "params": model.params,
+                "inputs": "float32" if model.float32_inputs else "float64",
                 "best_iteration": model.best_iteration, "model_files": files,
                 "calibrator_file": CALIBRATOR, "metrics_file": METRICS}
     (folder / MANIFEST).write_text(jsonsafe.dumps(manifest, indent=2))
@@ -102,7 +105,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not valid JSON: {err}") from None
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: bundle format {manifest.get('format')!r}, this version reads {BUNDLE_FORMAT}")
-    if manifest.get("family") not in FAMILIES:
+    if manifest.get("family") not in FAMILIES and manifest.get("family") != ENSEMBLE:
         raise BundleError(f"{path}: unknown model family {manifest.get('family')!r}")
     return manifest
 
@@ -123,7 +126,7 @@ def load_bundle(folder: str | Path, calibrator_file: str | None = None, runtime:
     except BundleError:
         raise
     except Exception as err:
-        raise BundleError(f"{folder / FAMILIES[manifest['family']].filename}: cannot load model: {err}") from err
+        raise BundleError(f"{folder / model_file(manifest['family'])}: cannot load model: {err}") from err
     try:
         calibrator = calibration.from_json((folder / (calibrator_file or CALIBRATOR)).read_text())
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # any malformed JSON: refused
@@ -131,11 +134,27 @@ def load_bundle(folder: str | Path, calibrator_file: str | None = None, runtime:
     return Bundle(manifest, model, calibrator)
 
 
+def float32_inputs(manifest: dict[str, Any]) -> bool:
+    """Whether the model was fitted on float32-rounded inputs (bundles without ``inputs``: no)."""
+    return manifest.get("inputs") == "float32"
+
+
+def model_file(family: str) -> str:
+    """The file that describes the model: its native file, or an ensemble's member list."""
+    from ml.ensemble import ENSEMBLE_FILE
+
+    return ENSEMBLE_FILE if family == ENSEMBLE else FAMILIES[family].filename
+
+
 def _load_model(folder: Path, manifest: dict[str, Any], runtime: str):
-    if runtime == "native":
-        return load_model(manifest["family"], folder, manifest.get("params"))
-    if runtime != "onnx":
+    if runtime not in ("native", "onnx"):
         raise BundleError(f"unknown model runtime {runtime!r}: native or onnx")
+    if manifest["family"] == ENSEMBLE:
+        from ml.ensemble import load_ensemble
+
+        return load_ensemble(folder, runtime, float32_inputs=float32_inputs(manifest))
+    if runtime == "native":
+        return load_model(manifest["family"], folder, manifest.get("params"), float32_inputs(manifest))
     from ml.onnx_export import ONNX_FILE, OnnxError, OnnxModel, refusal
 
     path = folder / ONNX_FILE

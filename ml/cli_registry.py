@@ -41,11 +41,19 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _family(entry: dict) -> str | None:
+    """The family, or an ensemble's method and members ('stack: lightgbm+logistic')."""
+    ens = entry.get("ensemble")
+    if not ens:
+        return entry.get("family")
+    return f"{ens.get('method')}: " + "+".join(str(m.get("family")) for m in ens.get("members", []))
+
+
 def cmd_list(args) -> int:
     reg, _ = _registry(args)
     doc = reg.read()
     rows = [
-        {"model": name, "version": int(vid), "status": v["status"], "created": v["created"], "family": v.get("family"),
+        {"model": name, "version": int(vid), "status": v["status"], "created": v["created"], "family": _family(v),
          "auc": v.get("metrics", {}).get("auc"), "ece": v.get("metrics", {}).get("ece"),
          "gates": None if v.get("gates") is None else v["gates"]["passed"], "train_end": v.get("train_end")}
         for name, model in sorted(doc["models"].items()) if not args.name or name == args.name
@@ -209,7 +217,7 @@ def cmd_verify(args) -> int:
 def cmd_diff(args) -> int:
     reg, _ = _registry(args)
     a, b = reg.version(args.name, args.a), reg.version(args.name, args.b)
-    keys = ("family", "feature_set_id", "timeframe", "strategy", "train_end", "status")
+    keys = ("family", "ensemble", "feature_set_id", "timeframe", "strategy", "train_end", "status")
     diff = {
         "fields": {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)},
         "label": {k: [a["label"].get(k), b["label"].get(k)] for k in set(a.get("label") or {}) | set(b.get("label") or {})

@@ -83,10 +83,20 @@ class TrainingSettings(_Section):
         "none", description="Weights of the training rows in the model fits: none; balanced (each class "
         "weighs half); return (|realised return|: a big win or loss counts more than a scratch). The "
         "calibrator is always fitted unweighted, so probabilities stay probabilities.")
+    ensemble_members: int = Field(0, ge=0, le=6, description="0: one model (the best trial). k >= 2: also "
+                                  "try an average and a stacked ensemble of the best trial of each of the top k "
+                                  "families, on purged out-of-fold predictions; one is used only when it beats the "
+                                  "best single model by two standard errors (ml.ensemble).")
     workers: int = Field(1, ge=1)
     storage: str | None = Field(None, description="Optuna storage URL; null = SQLite in user_data.")
     study: str | None = None
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _ensemble_of_two_or_more(self) -> TrainingSettings:
+        if self.ensemble_members == 1:
+            raise ValueError("ensemble_members is 0 (one model) or the number of families to combine, at least 2")
+        return self
 
 
 class GateSettings(_Section):

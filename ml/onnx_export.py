@@ -1,7 +1,8 @@
 """ONNX: a small, non-executable copy of a registered model, served with onnxruntime.
 
-``ftml export onnx NAME VERSION`` converts the version's model (the calibrator stays JSON:
-it is a few numbers, and a revision must not need a new export), checks it against the
+``ftml export onnx NAME VERSION`` converts the version's model, or each member of an
+ensemble (the calibrator and an ensemble's combiner stay JSON: they are a few numbers, and a
+revision must not need a new export), checks it against the
 native model on real feature rows, and records ``model.onnx`` in the registry with its
 sha256 like every other file. ``ml.gate.runtime = "onnx"`` then serves it: the model file
 is a protobuf graph of standard operators, with no code in it; no custom operator library
@@ -51,6 +52,11 @@ def refusal(family: str) -> str | None:
     why = REFUSED.get(family, "no ONNX converter is known for it")
     return (f"{family} models cannot be exported to ONNX: {why}. Serve this version natively "
             f"(ml.gate.runtime \"native\"), or train with one of {', '.join(CONVERTIBLE)}.")
+
+
+def has_onnx(folder: Path) -> bool:
+    """Whether the version folder holds an ONNX export (of its model or its ensemble's members)."""
+    return (folder / ONNX_FILE).is_file() or any(folder.glob(f"members/*/{ONNX_FILE}"))
 
 
 def convert(model: FittedModel, n_features: int) -> bytes:
@@ -141,19 +147,39 @@ def export_onnx(cfg, ft: dict[str, Any], name: str, version: int, store: str | P
     if problems := registry.verify_version(entry):
         raise IntegrityError(f"Refusing to export {name} v{version}: {'; '.join(problems)}")
     bundle = load_bundle(registry.version_dir(entry))
-    graph = convert(bundle.model, len(bundle.feature_names))
-    served = OnnxModel(bundle.model.family, graph)
+    graphs, served = convert_bundle_model(bundle.model, len(bundle.feature_names))
     X = feature_rows(cfg, ft, bundle.manifest)
     if len(X) == 0:
         raise OnnxError(f"no candles of {name}'s pairs ({', '.join(bundle.manifest.get('pairs', []))}) in "
                         f"{ft['datadir']} to check the export against: download them first")
+    # An ensemble is checked on its combined probability and on every member.
     worst = parity(bundle.model, served, X)
-    details = {"file": ONNX_FILE, "family": bundle.model.family, "opset": OPSET, "bytes": len(graph),
+    members = getattr(bundle.model, "members", None)
+    if members is not None:
+        worst = max([worst, *(parity(m, s, X) for m, s in zip(members, served.members, strict=True))])
+    details = {"file": ONNX_FILE, "files": list(graphs), "family": bundle.model.family, "opset": OPSET,
+               "bytes": sum(len(g) for g in graphs.values()),
                "parity": {"rows": len(X), "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE}}
     if worst > PARITY_TOLERANCE:
         raise OnnxError(f"the ONNX copy of {name} v{version} ({bundle.model.family}) differs from the native model "
                         f"by up to {worst:.2e} in p on {len(X)} rows (tolerance {PARITY_TOLERANCE:g}): not recorded")
-    registry.add_export(name, version, ONNX_FILE, graph, details)
-    logger.info("Exported %s v%s as ONNX (%d bytes); max |dp| %.1e on %d rows.", name, version, len(graph), worst,
-                len(X))
+    registry.add_export(name, version, graphs, details)
+    logger.info("Exported %s v%s as ONNX (%d bytes in %d file(s)); max |dp| %.1e on %d rows.", name, version,
+                details["bytes"], len(graphs), worst, len(X))
     return {"model": name, "version": version, **details}
+
+
+def convert_bundle_model(model, n_features: int) -> tuple[dict[str, bytes], Any]:
+    """The ONNX files of a bundle's model ({file name in the version folder: graph}) and the
+    model they serve; an ensemble gets one file per member, its combiner stays JSON."""
+    from ml.ensemble import EnsembleModel, member_dir
+
+    if not isinstance(model, EnsembleModel):
+        graph = convert(model, n_features)
+        return {ONNX_FILE: graph}, OnnxModel(model.family, graph)
+    for i, member in enumerate(model.members):
+        if why := refusal(member.family):
+            raise OnnxError(f"ensemble member {i} ({member.family}): {why}")
+    graphs = {f"{member_dir(i, m.family)}/{ONNX_FILE}": convert(m, n_features) for i, m in enumerate(model.members)}
+    served = [OnnxModel(m.family, g) for m, g in zip(model.members, graphs.values(), strict=True)]
+    return graphs, EnsembleModel(served, model.combiner, model.trials)

@@ -78,7 +78,9 @@ class ProductionMoved(RegistryError):
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
-EXPORT_FILES = ("model.onnx",)  # what `ftml export` may add to a version folder
+# What `ftml export` may add to a version folder: the model's ONNX copy, or an ensemble
+# member's next to the member's native file.
+EXPORT_FILE = re.compile(r"(members/[0-9]+-[a-z_]+/)?model\.onnx")
 
 
 def sha256_file(path: Path) -> str:
@@ -357,6 +359,7 @@ class Registry:
                 "metrics": manifest.get("metrics", {}), "backtest": None, "gates": gates,
                 "tracking": manifest.get("tracking"), "tags": list(tags or []), "notes": notes,
                 "exits": manifest.get("exits"), "synthetic_data": manifest.get("synthetic_data") or {},
+                "ensemble": _ensemble_summary(manifest),
                 "source": str(bundle_dir.resolve()),
             }
             model["versions"][str(vid)] = entry
@@ -576,22 +579,28 @@ class Registry:
 
         return self._transaction(change)
 
-    def add_export(self, name: str, version: int, filename: str, data: bytes, details: dict[str, Any]) -> None:
-        """Add a derived artifact of the model (``ftml export onnx``: ``model.onnx``) to the
-        version folder, hashed like every other file and described under ``exports``."""
-        if filename not in EXPORT_FILES:  # never overwrite a file the version was registered with
-            raise RegistryError(f"refusing export file name {filename!r} (known: {', '.join(EXPORT_FILES)})")
+    def add_export(self, name: str, version: int, files: dict[str, bytes], details: dict[str, Any]) -> None:
+        """Add derived artifacts of the model (``ftml export onnx``: ``model.onnx``, or one per
+        ensemble member) to the version folder, all in one transaction, hashed like every other
+        file and described under ``exports``."""
+        for filename in files:  # never overwrite a file the version was registered with
+            if not EXPORT_FILE.fullmatch(filename):
+                raise RegistryError(f"refusing export file name {filename!r} (known: model.onnx, "
+                                    "members/<i>-<family>/model.onnx)")
 
         def change(doc):
             entry = self.version(name, version, doc)
-            target = self.safe_path(f"{entry['path']}/{filename}")
-            tmp = target.with_name(f".{filename}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-            entry["files"][filename] = sha256_file(target)
-            entry.setdefault("exports", {})[Path(filename).suffix.lstrip(".")] = {**details, "created": _now()}
-            self._event(doc, "export", name, version, f"exported {filename}")
+            for filename, data in files.items():
+                target = self.safe_path(f"{entry['path']}/{filename}")
+                if not target.parent.is_dir():
+                    raise RegistryError(f"{name} v{version} has no folder {Path(filename).parent}: not one of its members")
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+                entry["files"][filename] = sha256_file(target)
+            entry.setdefault("exports", {})["onnx"] = {**details, "created": _now()}
+            self._event(doc, "export", name, version, f"exported {', '.join(files)}")
 
         self._transaction(change)
 
@@ -749,6 +758,15 @@ def _bundle_name(rel: Any, bundle_dir: Path) -> str:
         if probe.is_symlink():
             raise RegistryError(f"{bundle_dir}/bundle.json lists {rel!r}: {probe} is a symlink; copy the real file")
     return rel
+
+
+def _ensemble_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """An ensemble version's method and members (family, trial), for `ftml registry show`."""
+    if manifest.get("family") != "ensemble":
+        return None
+    params = manifest.get("params") or {}
+    return {"method": params.get("method"),
+            "members": [{"family": m.get("family"), "trial": m.get("trial")} for m in params.get("members", [])]}
 
 
 def _bundle_files(bundle_dir: Path) -> dict[str, Path]:

@@ -88,6 +88,7 @@ class Version(_Loose):
     calibration_revision: StrictInt | None = None  # the active recalibration (None: the training calibrator)
     calibration_revisions: list[Revision] = Field(default_factory=list)
     exports: dict[StrictStr, Any] = Field(default_factory=dict)  # ftml export: {"onnx": {file, parity, ...}}
+    ensemble: dict[StrictStr, Any] | None = None  # ml.ensemble: members and method (None: one model)
 
     @field_validator("train_end")
     @classmethod

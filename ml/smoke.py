@@ -77,10 +77,10 @@ def _child(folder: str) -> int:
     import numpy as np
 
     from ml.bundle import load_bundle
-    from ml.onnx_export import ONNX_FILE
+    from ml.onnx_export import has_onnx
 
     # the native model, and its ONNX copy when one was exported (either may be served)
-    runtimes = ["native", "onnx"] if (Path(folder) / ONNX_FILE).is_file() else ["native"]
+    runtimes = ["native", "onnx"] if has_onnx(Path(folder)) else ["native"]
     for runtime in runtimes:
         bundle = load_bundle(folder, runtime=runtime)
         rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ml import calibration, plots, tracking
+from ml import calibration, ensemble, plots, tracking
 from ml.bundle import save_bundle
 from ml.config import MLConfig
 from ml.dataset import Dataset, build_trade_dataset
@@ -163,6 +163,9 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
         # ---- refit the best trial on the whole training block, then freeze it
         model = fit_family(family, params, X_train, train_block.y, train_block.times,
                            np.arange(len(train_block)), n_jobs, t.seed, weights)
+        best_single, ensemble_info = model, None
+        if t.ensemble_members:
+            model, ensemble_info = _maybe_ensemble(study, tuning, t, model, chosen.number, n_jobs)
         p_calib_raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
         calibrator, calib_info = calibration.choose_and_fit(p_calib_raw, calib_block.y)
         # What a win and a loss really return (fees and time exits included), measured where the
@@ -188,6 +191,11 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
             "best_value": chosen.value,
         }
         report["calibration_choice"] = calib_info
+        if ensemble_info is not None:
+            if model is not best_single:  # out of sample: is the ensemble better than its best member?
+                ensemble_info["best_member_test_log_loss"] = _test_log_loss(best_single, calib_block, test_block, inputs)
+            ensemble_info["test_log_loss"] = report["log_loss"]
+            report["ensemble"] = ensemble_info
         report["dataset"] = data.info
 
         # ---- bundle
@@ -227,6 +235,7 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
             # The newest candle any fitted part (model or calibrator) depended on.
             "train_end": str(pd.Timestamp(calib_block.label_end.max(), tz="UTC")),
             "sample_weight": t.sample_weight,  # of the model's fits; the calibrator is unweighted
+            "ensemble": ensemble_info,  # what was tried and chosen (None: ensembles off)
             "study": {"storage": redact(req.storage), "name": req.study, "trials": report["trials"]["finished"],
                       "tuned": req.fixed_params is None},
             "metrics": _headline(report),
@@ -243,7 +252,8 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
         tracker.finish()
 
         return {
-            "model": cfg.model.name, "bundle": str(out), "files": files, "family": family,
+            "model": cfg.model.name, "bundle": str(out), "files": files, "family": model.family,
+            "ensemble": ensemble_info,
             "params": chosen.params, "tuned": req.fixed_params is None,
             "rows": {"train": len(train_block), "calibration": len(calib_block), "test": len(test_block)},
             "test": _headline(report), "verdict": report["verdict"]["label"], "reasons": report["verdict"]["reasons"],
@@ -254,6 +264,32 @@ def train(cfg: MLConfig, req: TrainRequest, progress=None, on_fold=None) -> dict
     except BaseException:
         tracker.finish(exit_code=1)  # a failed run shows as failed in W&B, not as running forever
         raise
+
+
+def _maybe_ensemble(study: optuna.Study, data: TuningData, t, model, best_number: int, n_jobs: int):
+    """The model to calibrate (an ``EnsembleModel`` only when one beat the best single model on
+    out-of-fold predictions) and what was tried."""
+    started = time.perf_counter()
+    chosen = ensemble.plan(study, data, list(t.families), t.ensemble_members, n_jobs)
+    info = {**chosen.info, "seconds": None}
+    if chosen.combiner is not None:
+        first = model if chosen.members[0].trial == best_number else None
+        members = ensemble.fit_members(chosen.members, data, n_jobs, first)
+        model = ensemble.EnsembleModel(members, chosen.combiner, [m.trial for m in chosen.members])
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    logger.info("Ensemble: %s chosen among %s (%s s)", chosen.chosen, [m.family for m in chosen.members],
+                info["seconds"])
+    return model, info
+
+
+def _test_log_loss(model, calib_block: Dataset, test_block: Dataset, inputs: list[str]) -> float:
+    """Test-block log loss of ``model`` calibrated on the calibration block, as the pipeline would."""
+    from sklearn.metrics import log_loss
+
+    raw = model.predict_raw(calib_block.X[inputs].to_numpy(dtype=np.float64))
+    calibrator, _ = calibration.choose_and_fit(raw, calib_block.y)
+    p = calibrator.transform(model.predict_raw(test_block.X[inputs].to_numpy(dtype=np.float64)))
+    return float(log_loss(test_block.y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from ml.models import FAMILIES, FittedModel, available_cores
+from ml.models import FAMILIES, FittedModel, available_cores, float32_grid
 from ml.storage import create_or_join, open_storage
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,13 @@ def early_stopping_split(times: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray
 def fit_family(family: str, params: dict[str, Any], X: np.ndarray, y: np.ndarray, times: np.ndarray,
                idx: np.ndarray, n_jobs: int, seed: int, weights: np.ndarray | None = None) -> FittedModel:
     """Fit on rows ``idx``, early-stopping on their newest share (scored unweighted: the
-    stopping point is where the probabilities, not the weighted loss, stop improving)."""
+    stopping point is where the probabilities, not the weighted loss, stop improving).
+    Inputs are rounded to float32 (``models.float32_grid``), for the fit and every prediction."""
     fit_idx, stop_idx = early_stopping_split(times, idx)
-    return FAMILIES[family].fit(params, X[fit_idx], y[fit_idx], X[stop_idx], y[stop_idx], n_jobs, seed,
-                                sample_weight=None if weights is None else weights[fit_idx])
+    model = FAMILIES[family].fit(params, float32_grid(X[fit_idx]), y[fit_idx], float32_grid(X[stop_idx]),
+                                 y[stop_idx], n_jobs, seed, sample_weight=None if weights is None else weights[fit_idx])
+    model.float32_inputs = True
+    return model
 
 
 def suggest(trial: optuna.trial.BaseTrial, families: list[str]) -> tuple[str, dict[str, Any]]:

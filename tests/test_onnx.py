@@ -76,7 +76,7 @@ def test_the_gate_serves_onnx_verified_and_refuses_what_does_not_convert(market)
     model = ProductionModel.load(registry, name, runtime="onnx")
     assert type(model.bundle.model).__name__ == "OnnxModel"
     with pytest.raises(RegistryError, match="refusing export file name"):  # never over a registered file
-        registry.add_export(name, version, "model.txt", b"not a model", {})
+        registry.add_export(name, version, {"model.txt": b"not a model"}, {})
     # a changed model.onnx fails its sha256: refused like any other file
     onnx_file = registry.version_dir(registry.version(name, version)) / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:-10])
