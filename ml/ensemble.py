@@ -14,6 +14,11 @@ Candidates, simplest first, all fitted on the out-of-fold predictions:
   calibrated probabilities;
 * ``stack``: a logistic meta-learner on the members' logits (a weight per member).
 
+A candidate whose fit on all out-of-fold rows puts a weight <= 0 on a member never
+competes: it would invert that member's ranking (seen on a null market: per-member slopes
+of -1.9 and -0.6 "won" by fitting noise). Non-negative weights are also the classic
+constraint on stacked models (Breiman 1996).
+
 The choice is the calibration layer's rule (``ml.calibration.choose_and_fit``): each is
 scored by time-ordered cross-fitting (fit on one half of the out-of-fold rows, score the
 other, both ways), and a later candidate replaces the current best only when it lowers
@@ -119,6 +124,12 @@ class _Candidate:
             self.combiner = Combiner(self.name).fit(P, y)
         return self
 
+    def slopes(self) -> list[float]:
+        """The fitted weight on each member (none for the constant)."""
+        if self.name == "constant":
+            return []
+        return [self.cal.a] if self.name == "single" else list(self.combiner.a)
+
     def predict(self, P: np.ndarray) -> np.ndarray:
         if self.name == "constant":
             return np.full(len(P), self.p)
@@ -146,14 +157,22 @@ def choose(P: np.ndarray, y: np.ndarray) -> tuple[str, dict[str, Any]]:
     if len(np.unique(y[:half])) < 2 or len(np.unique(y[half:])) < 2:
         return "constant", {"chosen": "constant", "refused": "one half of the out-of-fold rows has a single class"}
     allowed = [c for c in CANDIDATES if c not in COMBINED or P.shape[1] >= 2]
+    # A weight <= 0 on a member inverts (or drops) its ranking: out of fold, the member
+    # predicted the opposite of what happened, which is noise fitted, not signal. Such a
+    # candidate never competes, as a calibrator with slope <= 0 never does.
+    inverting = {c: [round(a, 4) for a in slopes] for c in allowed
+                 if (slopes := _Candidate(c).fit(P, y).slopes()) and min(slopes) <= 0}
+    allowed = [c for c in allowed if c not in inverting]
     losses = {c: cross_fit_row_losses(c, P, y) for c in allowed}
     best = allowed[0]
     for name in allowed[1:]:
         diff = losses[name] - losses[best]
         if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
             best = name
-    return best, {"chosen": best, "cross_fit_log_loss": {c: float(v.mean()) for c, v in losses.items()},
-                  "rows": int(len(y))}
+    info = {"chosen": best, "cross_fit_log_loss": {c: float(v.mean()) for c, v in losses.items()}, "rows": int(len(y))}
+    if inverting:
+        info["inverting"] = inverting  # candidates refused: their member weights on all out-of-fold rows
+    return best, info
 
 
 @dataclass
