@@ -154,7 +154,7 @@ def training_overrides(cfg: mlconfig.MLConfig, args: argparse.Namespace) -> mlco
     """Apply command-line overrides and validate them like config values."""
     data = cfg.model_dump()
     training = data["training"]
-    for key in ("trials", "timeout", "workers", "seed", "storage", "study"):
+    for key in ("trials", "timeout", "workers", "seed", "storage", "study", "ensemble_members"):
         if getattr(args, key, None) is not None:
             training[key] = getattr(args, key)
     if args.families:
@@ -520,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--timeout", type=float, help="stop tuning after this many seconds")
     tr.add_argument("--families", nargs="+", choices=mlconfig.ALL_FAMILIES, metavar="FAMILY",
                     help=f"model families to search: {' '.join(mlconfig.ALL_FAMILIES)} (default: {' '.join(mlconfig.DEFAULT_FAMILIES)})")
+    tr.add_argument("--ensemble", dest="ensemble_members", type=int, metavar="K",
+                    help="also try an average and a stack of the best trial of each of the top K families (K >= 2; "
+                         "0: off); used only when it beats the best single model by 2 SE out of fold "
+                         "(default: training.ensemble_members)")
     tr.add_argument("--storage", help="Optuna storage URL (default: sqlite in user_data)")
     tr.add_argument("--study", help="study name; an existing study resumes (default: new, timestamped)")
     tr.add_argument("--workers", type=int, help="worker processes on the study, each on its own cores")
