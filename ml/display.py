@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from ml.data import DataReport
+if TYPE_CHECKING:  # ml.data imports freqtrade (2 s): registry commands do not need it
+    from ml.data import DataReport
 
 # Piped into a file or a pager, rich assumes 80 columns and cuts tables; a log is read wide.
 PIPED_WIDTH = 200

@@ -34,6 +34,7 @@ each member's own native file under ``members/<i>-<family>/``; no pickle anywher
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from ml.calibration import EPS, SigmoidCalibrator, _logit
 from ml.models import FAMILIES, FittedModel, load_model
 from ml.tuning import TuningData, fit_family
 
+logger = logging.getLogger(__name__)
 ENSEMBLE_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
 CANDIDATES = ("constant", "single", "average", "stack")  # simplest first
@@ -230,6 +232,8 @@ def plan(study: optuna.Study, data: TuningData, families: list[str], k: int, n_j
     if len(members) < 2:
         return Plan("single", members, None, {"chosen": "single", "members": described,
                                               "refused": "the study has complete trials of fewer than two families"})
+    logger.info("Ensemble: out-of-fold predictions of the best %s trials, %d fits ...",
+                "/".join(m.family for m in members), len(members) * len(data.folds))
     rows, P = out_of_fold(members, data, n_jobs, on_fit)
     y = data.y[rows]
     chosen, info = choose(P, y)

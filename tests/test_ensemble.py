@@ -103,8 +103,15 @@ def test_registry_verifies_every_member_and_serves_it_from_onnx(planted):
     X = feature_rows(cfg, ft, served.bundle.manifest, limit=2000)
     assert np.max(np.abs(onnx.bundle.predict_proba(X) - served.bundle.predict_proba(X))) <= 1e-6
 
+    # Hot reload: another version promoted under the running model is noticed and loaded.
+    newer = registry.register(summary["bundle"], "ens")
+    registry.promote("ens", newer["id"], force=True, reason="test")
+    assert served.changed() and served.production_moved()
+    reloaded = ProductionModel.load(registry, "ens")
+    assert reloaded.version == newer["id"] and isinstance(reloaded.bundle.model, EnsembleModel)
+
     # A member file changed on disk: the whole version is refused (sha256), never half-served.
-    member = registry.version_dir(registry.version("ens", entry["id"])) / member_files[1]
+    member = registry.version_dir(registry.version("ens", newer["id"])) / member_files[1]
     member.write_bytes(member.read_bytes() + b" ")
     with pytest.raises(IntegrityError, match="sha256"):
         ProductionModel.load(registry, "ens")
