@@ -76,10 +76,11 @@ def real(folder: Path) -> Path | None:
 
 
 def study(folder: Path, timeframe: str, name: str, **training) -> tuple[dict, float]:
-    """One training of ``TRIALS`` trials with these ``training`` settings, into ``folder/name``:
+    """One training of ``TRIALS`` trials (unless ``training`` says otherwise) with these
+    ``training`` settings, into ``folder/name``:
     its summary (with the best trial's out-of-fold log loss) and wall seconds."""
     cfg = load(folder / "config.json").model_dump()
-    cfg["training"].update(trials=TRIALS, **training)
+    cfg["training"].update({"trials": TRIALS, **training})
     req = TrainRequest(folder / "config.json", "EveryFewHours", [], timeframe, None, folder / name,
                        f"sqlite:///{folder}/o.db", name)
     start = time.perf_counter()
