@@ -46,7 +46,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ml.calibration import EPS, SigmoidCalibrator, _logit
 from ml.models import FAMILIES, FittedModel, load_model
-from ml.tuning import TuningData, fit_family
+from ml.tuning import TuningData, fit_family, trial_params
 
 logger = logging.getLogger(__name__)
 ENSEMBLE_FILE = "ensemble.json"
@@ -187,8 +187,6 @@ class Member:
 
 def top_members(study: optuna.Study, families: list[str], k: int) -> list[Member]:
     """The best complete trial of each family in ``families``, best first, at most ``k``."""
-    from ml.tuning import trial_params
-
     best: dict[str, optuna.trial.FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         family = t.params.get("family", t.user_attrs.get("family", families[0]))
