@@ -59,6 +59,8 @@ def test_ensemble_bundle_reloads_bit_identically_and_never_opens_pickles(planted
     root, summary = planted
     folder = Path(summary["bundle"])
     spec = json.loads((folder / ENSEMBLE_FILE).read_text())
+    # fitted on float32-rounded inputs, and so told to predict on them (the ONNX copy's values)
+    assert json.loads((folder / "bundle.json").read_text())["inputs"] == "float32"
     assert [m["family"] for m in spec["members"]] == [m["family"] for m in summary["ensemble"]["members"]]
     subs = [f"members/{i}-{m['family']}" for i, m in enumerate(spec["members"])]
     assert {f for f in summary["files"] if f.startswith("members/")} == {
