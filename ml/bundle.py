@@ -155,14 +155,9 @@ def _load_model(folder: Path, manifest: dict[str, Any], runtime: str):
         return load_ensemble(folder, runtime, float32_inputs=float32_inputs(manifest))
     if runtime == "native":
         return load_model(manifest["family"], folder, manifest.get("params"), float32_inputs(manifest))
-    from ml.onnx_export import ONNX_FILE, OnnxError, OnnxModel, refusal
+    from ml.onnx_export import ONNX_FILE, OnnxError, open_export
 
-    path = folder / ONNX_FILE
-    if not path.is_file():
-        why = refusal(manifest["family"])
-        raise BundleError(f"{folder}: no {ONNX_FILE}. " + (why or f"Export it first: `ftml export onnx "
-                                                                f"{manifest.get('model_name')} <version>`."))
     try:
-        return OnnxModel(manifest["family"], path)
+        return open_export(folder, ONNX_FILE, manifest["family"], manifest.get("model_name"))
     except OnnxError as err:
-        raise BundleError(f"{path}: {err}") from err
+        raise BundleError(f"{folder}: {err}") from err

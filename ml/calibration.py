@@ -168,8 +168,11 @@ def _from_dict(data: dict, nested: bool = False) -> Calibrator:
                      "or 'revised' (not nested)")
 
 
-def _cross_fit_row_losses(make, p_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-row log loss of ``make()`` fitted on one time-half and scored on the other, both ways."""
+def cross_fit_row_losses(make, p_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row log loss of ``make()`` fitted on one time-half and scored on the other, both ways.
+
+    ``make()`` returns anything with ``fit(rows, y)`` and ``transform(rows)``; ``p_raw`` may be
+    one column of probabilities or several (an ensemble's members, ``ml.ensemble``)."""
     half = len(p_raw) // 2
     losses = np.empty(len(p_raw))
     for fit_part, score_part in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
@@ -183,6 +186,19 @@ def _cross_fit_row_losses(make, p_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
 COMPLEXITY_ORDER = ("constant", "identity", "sigmoid", "isotonic")
 MAKERS = {"sigmoid": SigmoidCalibrator, "isotonic": IsotonicCalibrator, "constant": ConstantCalibrator,
           "identity": IdentityCalibrator}
+
+
+def parsimonious_choice(losses: dict[str, np.ndarray]) -> str:
+    """The candidate to use among ``losses`` (per-row cross-fitted log losses, simplest
+    first): a later one replaces the best so far only when it lowers the loss by more than
+    two standard errors of the paired per-row difference."""
+    names = list(losses)
+    best = names[0]
+    for name in names[1:]:
+        diff = losses[name] - losses[best]
+        if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
+            best = name
+    return best
 
 
 def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
@@ -218,12 +234,8 @@ def choose_and_fit(p_raw: np.ndarray, y: np.ndarray,
                and (m not in ("sigmoid", "identity") or slope > 0)
                and (m != "identity" or identity_ok)
                and (m == "constant" or both_halves)]
-    losses = {m: _cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
-    best = allowed[0]
-    for method in allowed[1:]:
-        diff = losses[method] - losses[best]
-        if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
-            best = method
+    losses = {m: cross_fit_row_losses(MAKERS[m], p_raw, y) for m in allowed}
+    best = parsimonious_choice(losses)
     scores = {m: float(v.mean()) for m, v in losses.items()}
     info = {"method": best, "cross_fit_log_loss": scores, "slope": float(slope), "identity_gap": identity_gap}
     if not both_halves:
@@ -268,11 +280,10 @@ def revise(base: Calibrator, p_raw: np.ndarray, y: np.ndarray) -> tuple[RevisedC
     # Both maps act on the training calibrator's probabilities: the sigmoid's
     # a*logit(p) + b is the logistic recalibration, the shift its a = 1 case.
     p_base = base.transform(np.asarray(p_raw, dtype=np.float64))
-    losses = {"shift": _cross_fit_row_losses(ShiftCalibrator, p_base, y),
-              "slope": _cross_fit_row_losses(SigmoidCalibrator, p_base, y)}
+    losses = {"shift": cross_fit_row_losses(ShiftCalibrator, p_base, y),
+              "slope": cross_fit_row_losses(SigmoidCalibrator, p_base, y)}
     slope = SigmoidCalibrator().fit(p_base, y)
-    diff = losses["slope"] - losses["shift"]
-    use_slope = slope.a > 0 and diff.mean() < -2 * diff.std() / np.sqrt(len(diff))
+    use_slope = slope.a > 0 and parsimonious_choice(losses) == "slope"
     a, b = (slope.a, slope.b) if use_slope else (1.0, ShiftCalibrator().fit(p_base, y).b)
     info = {"method": "slope" if use_slope else "shift", "a": a, "b": b,
             "cross_fit_log_loss": {k: float(v.mean()) for k, v in losses.items()}}

@@ -44,9 +44,9 @@ import numpy as np
 import optuna
 from sklearn.linear_model import LogisticRegression
 
-from ml.calibration import EPS, SigmoidCalibrator, _logit
+from ml.calibration import EPS, SigmoidCalibrator, _logit, cross_fit_row_losses, parsimonious_choice
 from ml.models import FAMILIES, FittedModel, load_model
-from ml.tuning import TuningData, fit_family, trial_params
+from ml.tuning import TuningData, fit_family, trial_family, trial_params
 
 logger = logging.getLogger(__name__)
 ENSEMBLE_FILE = "ensemble.json"
@@ -61,10 +61,6 @@ def member_dir(index: int, family: str) -> str:
     return f"{MEMBERS_DIR}/{index}-{family}"
 
 
-def _logits(P: np.ndarray) -> np.ndarray:
-    return _logit(np.asarray(P, dtype=np.float64))
-
-
 @dataclass
 class Combiner:
     """How the members' raw probabilities become one: ``average`` (per-member sigmoids
@@ -75,21 +71,20 @@ class Combiner:
     b: list[float] = field(default_factory=list)  # average: per-member intercepts; stack: [intercept]
 
     def fit(self, P: np.ndarray, y: np.ndarray) -> Combiner:
-        Z = _logits(P)
         if self.method == "average":
             fits = [SigmoidCalibrator().fit(P[:, i], y) for i in range(P.shape[1])]
             self.a, self.b = [f.a for f in fits], [f.b for f in fits]
         elif self.method == "stack":
             # Almost unpenalised: a handful of weights on thousands of rows; the 2-SE choice,
             # not a penalty, keeps a stack that only fits noise out.
-            meta = LogisticRegression(C=1e4, max_iter=1000).fit(Z, np.asarray(y, dtype=int))
+            meta = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(P), np.asarray(y, dtype=int))
             self.a, self.b = [float(v) for v in meta.coef_[0]], [float(meta.intercept_[0])]
         else:
             raise ValueError(f"unknown ensemble method {self.method!r}: average or stack")
         return self
 
     def combine(self, P: np.ndarray) -> np.ndarray:
-        Z = _logits(P)
+        Z = _logit(P)
         if self.method == "average":
             return np.mean(1.0 / (1.0 + np.exp(-(Z * np.asarray(self.a) + np.asarray(self.b)))), axis=1)
         return 1.0 / (1.0 + np.exp(-(Z @ np.asarray(self.a) + self.b[0])))
@@ -112,42 +107,31 @@ class Combiner:
 
 
 class _Candidate:
-    """One of ``CANDIDATES`` as something to cross-fit: fit on (P, y), predict from P."""
+    """One of ``CANDIDATES`` as something to cross-fit: fit on (P, y), predict from P. The
+    ``single`` candidate is an average of one member: the best member's own sigmoid."""
 
     def __init__(self, name: str):
         self.name = name
 
+    def _columns(self, P: np.ndarray) -> np.ndarray:
+        return P[:, :1] if self.name == "single" else P
+
     def fit(self, P: np.ndarray, y: np.ndarray) -> _Candidate:
         if self.name == "constant":
             self.p = float(np.clip(np.mean(y), EPS, 1 - EPS))
-        elif self.name == "single":
-            self.cal = SigmoidCalibrator().fit(P[:, 0], y)
         else:
-            self.combiner = Combiner(self.name).fit(P, y)
+            method = "average" if self.name == "single" else self.name
+            self.combiner = Combiner(method).fit(self._columns(P), y)
         return self
 
     def slopes(self) -> list[float]:
         """The fitted weight on each member (none for the constant)."""
-        if self.name == "constant":
-            return []
-        return [self.cal.a] if self.name == "single" else list(self.combiner.a)
+        return [] if self.name == "constant" else list(self.combiner.a)
 
-    def predict(self, P: np.ndarray) -> np.ndarray:
+    def transform(self, P: np.ndarray) -> np.ndarray:
         if self.name == "constant":
             return np.full(len(P), self.p)
-        if self.name == "single":
-            return self.cal.transform(P[:, 0])
-        return self.combiner.combine(P)
-
-
-def cross_fit_row_losses(name: str, P: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-row log loss of candidate ``name`` fitted on one time-half, scored on the other, both ways."""
-    half = len(y) // 2
-    losses = np.empty(len(y))
-    for fit_part, score_part in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
-        p = np.clip(_Candidate(name).fit(P[fit_part], y[fit_part]).predict(P[score_part]), EPS, 1 - EPS)
-        losses[score_part] = -(y[score_part] * np.log(p) + (1 - y[score_part]) * np.log(1 - p))
-    return losses
+        return self.combiner.combine(self._columns(P))
 
 
 def choose(P: np.ndarray, y: np.ndarray) -> tuple[str, dict[str, Any]]:
@@ -165,12 +149,8 @@ def choose(P: np.ndarray, y: np.ndarray) -> tuple[str, dict[str, Any]]:
     inverting = {c: [round(a, 4) for a in slopes] for c in allowed
                  if (slopes := _Candidate(c).fit(P, y).slopes()) and min(slopes) <= 0}
     allowed = [c for c in allowed if c not in inverting]
-    losses = {c: cross_fit_row_losses(c, P, y) for c in allowed}
-    best = allowed[0]
-    for name in allowed[1:]:
-        diff = losses[name] - losses[best]
-        if diff.mean() < -2 * diff.std() / np.sqrt(len(diff)):
-            best = name
+    losses = {c: cross_fit_row_losses(lambda c=c: _Candidate(c), P, y) for c in allowed}
+    best = parsimonious_choice(losses)
     info = {"chosen": best, "cross_fit_log_loss": {c: float(v.mean()) for c, v in losses.items()}, "rows": int(len(y))}
     if inverting:
         info["inverting"] = inverting  # candidates refused: their member weights on all out-of-fold rows
@@ -189,7 +169,7 @@ def top_members(study: optuna.Study, families: list[str], k: int) -> list[Member
     """The best complete trial of each family in ``families``, best first, at most ``k``."""
     best: dict[str, optuna.trial.FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        family = t.params.get("family", t.user_attrs.get("family", families[0]))
+        family = trial_family(t, families)
         if family in families and (family not in best or t.value < best[family].value):
             best[family] = t
     ranked = sorted(best.values(), key=lambda t: t.value)[:k]
@@ -299,16 +279,13 @@ def load_ensemble(folder: Path, runtime: str = "native", float32_inputs: bool = 
     spec = read_spec(folder)
     members = []
     for i, m in enumerate(spec["members"]):
-        sub = Path(folder) / member_dir(i, m["family"])
+        sub = member_dir(i, m["family"])
         if runtime == "onnx":
-            from ml.onnx_export import ONNX_FILE, OnnxModel, refusal
+            from ml.onnx_export import ONNX_FILE, open_export
 
-            if not (sub / ONNX_FILE).is_file():
-                raise ValueError(f"no {member_dir(i, m['family'])}/{ONNX_FILE}. " + (
-                    refusal(m["family"]) or "Export the version first: `ftml export onnx NAME VERSION`."))
-            members.append(OnnxModel(m["family"], sub / ONNX_FILE))
+            members.append(open_export(folder, f"{sub}/{ONNX_FILE}", m["family"]))
         else:
-            members.append(load_model(m["family"], sub, m.get("params"), float32_inputs))
+            members.append(load_model(m["family"], Path(folder) / sub, m.get("params"), float32_inputs))
     return EnsembleModel(members, spec["combiner"], [m.get("trial") for m in spec["members"]])
 
 

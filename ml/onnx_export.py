@@ -114,6 +114,19 @@ class OnnxModel:
         return out[:, 1] if out.ndim == 2 else out
 
 
+def open_export(folder: Path, relative: str, family: str, model_name: str | None = None) -> OnnxModel:
+    """The exported ONNX file ``relative`` of a version folder, served; an OnnxError that says
+    why there is none (the family cannot be exported, or it was not yet) and what to do."""
+    path = Path(folder) / relative
+    if not path.is_file():
+        raise OnnxError(f"no {relative}. " + (refusal(family) or f"Export it first: `ftml export onnx "
+                                                                  f"{model_name or 'NAME'} <version>`."))
+    try:
+        return OnnxModel(family, path)
+    except OnnxError as err:
+        raise OnnxError(f"{relative}: {err}") from err
+
+
 def parity(native: FittedModel, served: OnnxModel, X: np.ndarray) -> float:
     """The largest |p_onnx - p_native| over the rows ``X``."""
     return float(np.max(np.abs(served.predict_raw(X) - native.predict_raw(X)))) if len(X) else 0.0

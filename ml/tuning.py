@@ -92,11 +92,16 @@ def suggest(trial: optuna.trial.BaseTrial, families: list[str]) -> tuple[str, di
     return family, FAMILIES[family].suggest(trial)
 
 
+def trial_family(trial: optuna.trial.FrozenTrial, families: list[str]) -> str:
+    """The family a trial fitted (a study of one family records none among its params)."""
+    return trial.params.get("family", trial.user_attrs.get("family", families[0]))
+
+
 def best_trial(study: optuna.Study, families: list[str]) -> optuna.trial.FrozenTrial:
     """The best complete trial among ``families``: a resumed study may hold trials of
     families this run excludes (``--families``), which must not be chosen."""
     allowed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-               if t.params.get("family", t.user_attrs.get("family", families[0])) in families]
+               if trial_family(t, families) in families]
     if not allowed:
         raise RuntimeError(f"Study {study.study_name} has no complete trial of {families}; add trials.")
     return min(allowed, key=lambda t: t.value)
@@ -105,7 +110,7 @@ def best_trial(study: optuna.Study, families: list[str]) -> optuna.trial.FrozenT
 def trial_params(best: optuna.trial.FrozenTrial, families: list[str]) -> tuple[str, dict[str, Any]]:
     """Family and model parameters of a trial (see :func:`best_trial`), as the family's build expects them."""
     fixed = optuna.trial.FixedTrial(best.params)
-    family = best.params.get("family", best.user_attrs.get("family", families[0]))
+    family = trial_family(best, families)
     return family, FAMILIES[family].suggest(fixed)
 
 
