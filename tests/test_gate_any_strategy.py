@@ -293,14 +293,16 @@ def test_futures_shorts_are_labelled_and_gated_on_both_sides(tmp_path):
     shorts, longs = trades["is_short"], ~trades["is_short"]
     assert won[shorts & hour.between(12, 17)].mean() > won[shorts & hour.between(0, 5)].mean() + 0.1
     assert won[longs & hour.between(0, 5)].mean() > won[longs & hour.between(12, 17)].mean() + 0.1
-    # Long and short, futures: the training's label backtest (from its cache) and the same
-    # backtest with the pairs split over three processes give the same trades.
+    # Long and short, futures: a quarter of the training's label backtest, cut from its
+    # cache, and the same quarter backtested afresh with the pairs split over three
+    # processes give the same trades.
     engineer = FeatureEngineer(load(root / "config.json").features, "1h")
-    cached = strategy_trades(root / "config.json", "TwoSided", "-20241001", engineer=engineer)
-    assert cached.cache_hit
+    cached = strategy_trades(root / "config.json", "TwoSided", "20240701-20241001", engineer=engineer)
+    assert cached.cache_hit and "sliced_from" in cached.info, cached.info
     os.environ["FTML_LABEL_WORKERS"] = "3"
     try:
-        split = strategy_trades(root / "config.json", "TwoSided", "-20241001", use_cache=False, engineer=engineer)
+        split = strategy_trades(root / "config.json", "TwoSided", "20240701-20241001", use_cache=False,
+                                engineer=engineer)
     finally:
         del os.environ["FTML_LABEL_WORKERS"]
     pd.testing.assert_frame_equal(cached.trades, split.trades)

@@ -75,7 +75,9 @@ def project(tmp_path_factory) -> Path:
           "training": {"strategy": MODEL, "trials": 4, "families": ["logistic"]},
           # Calibration gates off: this module tests the bot's mechanics (see CALIBRATION_GATES_OFF).
           "gate": {"ev_margin": 0.005, **CALIBRATION_GATES_OFF},
-          "retrain": {"window_days": 60, "train_days": 420, "strategy": "TrendPullbackML"},
+          # No challenger backtest in cron's retrain: this module tests the bot picking up
+          # what cron promotes, not the decision (tests/test_retrain.py).
+          "retrain": {"window_days": 60, "train_days": 420, "strategy": "TrendPullbackML", "backtest": False},
           "recalibration": {"window_days": 60}}
     write_config(root / "config.json", ml=ml, max_open_trades=50,
                  exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS})
@@ -155,17 +157,18 @@ class Bot:
         times = LOG_TIME.findall(self.log())
         return pd.Timestamp(times[-1], tz="UTC") if times else pd.Timestamp(0, tz="UTC")
 
-    def wait_for(self, text: str | None = None, until: str | None = None, *, open_trade: bool = False,
-                 timeout: float = 300) -> pd.Timestamp:
+    def wait_for(self, text: str | None = None, until: str | None = None, *,
+                 open_trade_since: pd.Timestamp | None = None, timeout: float = 300) -> pd.Timestamp:
         """Poll until ``text`` is logged (its line's replayed time is returned), the replayed
-        time reaches ``until``, and (``open_trade``) the database holds an open trade."""
+        time reaches ``until``, and the database holds a trade opened at or after
+        ``open_trade_since`` that is still open."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, "the bot stopped:\n" + self.log()[-4000:]
             log = self.log()
             at = log.find(text) if text else 0
             ready = (at >= 0 and (until is None or self.now() >= pd.Timestamp(until, tz="UTC"))
-                     and (not open_trade or self.open_trades()))
+                     and (open_trade_since is None or self.open_trades(open_trade_since)))
             if ready:
                 if text:
                     return pd.Timestamp(LOG_TIME.findall(log[:at])[-1], tz="UTC")
@@ -173,11 +176,14 @@ class Bot:
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {text or until}:\n" + self.log()[-4000:])
 
-    def open_trades(self) -> list[int]:
+    def open_trades(self, since: pd.Timestamp | None = None) -> list[int]:
+        """Ids of the open trades (opened at or after ``since``)."""
         if not self.db.exists():
             return []
         with sqlite3.connect(self.db) as con:
-            return [row[0] for row in con.execute("SELECT id FROM trades WHERE is_open = 1")]
+            rows = con.execute("SELECT id, open_date FROM trades WHERE is_open = 1").fetchall()
+        return [i for i, opened in rows
+                if since is None or pd.Timestamp(opened, tz="UTC") >= since]
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)  # freqtrade's own clean shutdown
@@ -209,7 +215,9 @@ def test_the_bot_follows_the_registry_fails_closed_and_picks_up_cron(project):
     bot = Bot(project, db, *replay_args("20250601:10", "--replay-until", "20250831"), "trade", "--dry-run", "-c",
               "config.json", "--strategy", "TrendPullbackML")
     try:
-        bot.wait_for("gates long of TrendPullback", until="2025-06-09")
+        # Each phase lasts until it has its own trade, not a fixed span of candles: at 1h
+        # a replayed candle costs the bot ~0.2 s of freqtrade's refresh and analysis.
+        bot.wait_for("gates long of TrendPullback", open_trade_since=pd.Timestamp(0, tz="UTC"))
         reg.promote(MODEL, 2, force=True, reason="B goes live")
         switched_b = bot.wait_for("switched TrendPullback from v1 to v2 without a restart")
 
@@ -223,7 +231,7 @@ def test_the_bot_follows_the_registry_fails_closed_and_picks_up_cron(project):
         kept_b = bot.wait_for("v3 was promoted but cannot be loaded")
         assert "still trading v2" in bot.log()
 
-        bot.wait_for(until="2025-06-20", open_trade=True)
+        bot.wait_for(open_trade_since=switched_b)  # a trade of B, open when production is archived
         open_at_archive, snapshot_at = bot.open_trades(), bot.now()
         archived = run_ftml("registry", "archive", MODEL, "3", "--force", "--reason", "retire every model", "-c",
                             "config.json", cwd=project)
