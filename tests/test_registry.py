@@ -105,6 +105,7 @@ def test_archive_and_delete_never_touch_production(store, bundle):
     assert store.register(bundle, "m")["id"] == 3  # ids are never reused
 
 
+OPS_PER_PROCESS = 15  # each promote of a new version loads it in a child process (ml.smoke): ~1 s
 WORKER = """
 import json, random, sys
 from ml.config import GateSettings
@@ -113,7 +114,7 @@ store, bundle, seed, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[
 reg = open_registry(store)
 rng = random.Random(seed)
 done, refused = [], 0
-for _ in range(25):
+for _ in range(int(sys.argv[5])):
     op = rng.choice(["register", "register", "promote", "promote", "rollback"])
     try:
         if op == "register":
@@ -135,12 +136,13 @@ json.dump({"done": done, "refused": refused}, open(out, "w"))
 
 def test_eight_processes_of_mixed_operations(tmp_path, bundle):
     store = tmp_path / "registry"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(store), str(bundle), str(i), str(tmp_path / f"{i}.json")],
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(store), str(bundle), str(i), str(tmp_path / f"{i}.json"),
+                               str(OPS_PER_PROCESS)],
                               cwd=REPO) for i in range(8)]
     assert [p.wait(timeout=300) for p in procs] == [0] * 8
     results = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(8)]
     done = [op for r in results for op in r["done"]]
-    assert len(done) + sum(r["refused"] for r in results) == 8 * 25
+    assert len(done) + sum(r["refused"] for r in results) == 8 * OPS_PER_PROCESS
 
     doc = json.loads((store / "registry.json").read_text())  # valid JSON
     model = doc["models"]["m"]

@@ -1,6 +1,11 @@
 """`ftml freqtrade --offline --replay ... trade --dry-run`: freqtrade's real bot loop (Worker,
 FreqtradeBot, its sqlite database) on a planted synthetic market, with the registry changed
-under it while it runs."""
+under it while it runs.
+
+The bot runs a user's strategy gated in one line (tests/strategies/EveryFewHours.py, which
+enters every six hours): its entries come often enough that each step of a scenario has its
+own trades within a few replayed days. A replayed candle costs the bot ~35 ms per pair
+(freqtrade's candle refresh and the strategy's analysis), so three pairs."""
 
 from __future__ import annotations
 
@@ -23,11 +28,11 @@ import pytest
 from ml.errors import FtmlError
 from ml.registry import open_registry
 from ml.replay import FREQTRADE_CHECKED, PATCHED, parse_replay
-from ml.synth import write_market
-from tests.conftest import CALIBRATION_GATES_OFF, REPO, run_ftml, write_config
+from tests.conftest import CALIBRATION_GATES_OFF, gated_strategy_project, run_ftml
 
-PAIRS = [f"P{i}/BTC" for i in range(6)]
-MODEL = "TrendPullback"
+PAIRS = ["P0/BTC", "P1/BTC", "P2/BTC"]
+MODEL = "EveryFewHours"
+GATED = "EveryFewHoursML"
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3} ", re.MULTILINE)
 RULE_EXITS = {"roi", "stop_loss", "time_exit", "exit_signal", "trailing_stop_loss"}
 
@@ -68,21 +73,17 @@ def test_replay_start_and_speed_parse_and_bad_input_is_one_clear_error():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """Six pairs with a planted intraday drift; TrendPullback's model trained on its trades
-    of 2024-01 .. 2025-05 and promoted (v1)."""
-    root = tmp_path_factory.mktemp("replay")
-    ml = {"tracking": {"mode": "disabled"}, "registry": {"path": str(root / "registry")},
-          "training": {"strategy": MODEL, "trials": 4, "families": ["logistic"]},
+    """Three pairs with a planted intraday drift; EveryFewHours's model trained on its trades
+    of 2024-09 .. 2025-05 and promoted (v1)."""
+    ml = {"training": {"trials": 4, "families": ["logistic"]},
           # Calibration gates off: this module tests the bot's mechanics (see CALIBRATION_GATES_OFF).
-          "gate": {"ev_margin": 0.005, **CALIBRATION_GATES_OFF},
+          "gate": CALIBRATION_GATES_OFF,
           # No challenger backtest in cron's retrain: this module tests the bot picking up
           # what cron promotes, not the decision (tests/test_retrain.py).
-          "retrain": {"window_days": 60, "train_days": 420, "strategy": "TrendPullbackML", "backtest": False},
+          "retrain": {"window_days": 60, "train_days": 240, "strategy": GATED, "backtest": False},
           "recalibration": {"window_days": 60}}
-    write_config(root / "config.json", ml=ml, max_open_trades=50,
-                 exchange={**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS})
-    write_market(root / "user_data" / "data" / "binance", PAIRS, "1h", 16000, "null", 4, hour_drift=0.5)
-    for args in (("train", "--timerange", "20240101-20250501"), ("registry", "validate", MODEL, "1"),
+    root = gated_strategy_project(tmp_path_factory.mktemp("replay"), PAIRS, 14000, 4, ml, hour_drift=0.5)
+    for args in (("train", "--timerange", "20240901-20250501"), ("registry", "validate", MODEL, "1"),
                  ("registry", "promote", MODEL, "1")):
         done = run_ftml(*args, "-c", "config.json", cwd=root)
         assert done.returncode == 0, (args, done.stderr[-3000:])
@@ -95,12 +96,12 @@ def replay_args(start: str, *args: str) -> list[str]:
 
 def test_replay_needs_dry_run_and_never_writes_into_an_existing_database(project):
     done = run_ftml(*replay_args("20250601", "--replay-candles", "5"), "trade", "-c", "config.json",
-                    "--strategy", "TrendPullbackML", cwd=project)
+                    "--strategy", GATED, cwd=project)
     assert done.returncode == 2 and "needs `trade --dry-run`" in done.stderr
     existing = project / "user_data" / "my-dry-run.sqlite"
     existing.write_bytes(b"the user's own trades")
     done = run_ftml(*replay_args("20250601", "--replay-candles", "5"), "trade", "--dry-run", "-c", "config.json",
-                    "--strategy", "TrendPullbackML", "--db-url", f"sqlite:///{existing}", cwd=project)
+                    "--strategy", GATED, "--db-url", f"sqlite:///{existing}", cwd=project)
     assert done.returncode == 2 and "needs a new database" in done.stderr
     assert existing.read_bytes() == b"the user's own trades"
 
@@ -121,13 +122,13 @@ def test_archiving_production_needs_force_and_a_reason(project, tmp_path):
 def test_live_entries_equal_the_backtest_entries(project):
     """Over the same candles with the same model, the bot's entries (pair, candle, side, tag,
     fill price) are the backtest's; what differs is listed, each with its cause."""
-    done = run_ftml(*replay_args("20250601", "--replay-until", "20250616"), "trade", "--dry-run", "-c",
-                    "config.json", "--strategy", "TrendPullbackML", cwd=project)
+    done = run_ftml(*replay_args("20250601", "--replay-until", "20250606"), "trade", "--dry-run", "-c",
+                    "config.json", "--strategy", GATED, cwd=project)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Replay finished at 2025-06-16T00:00:00" in done.stdout + done.stderr
-    summary = json.loads((project / "user_data" / "replay" / "TrendPullbackML.replay.json").read_text())
-    assert summary["candles"] == 15 * 24 + 1 and summary["strategy_s_per_candle"] > 0
-    report = run_ftml("replay-report", "-c", "config.json", "--strategy", "TrendPullbackML", "--json", cwd=project)
+    assert "Replay finished at 2025-06-06T00:00:00" in done.stdout + done.stderr
+    summary = json.loads((project / "user_data" / "replay" / f"{GATED}.replay.json").read_text())
+    assert summary["candles"] == 5 * 24 + 1 and summary["strategy_s_per_candle"] > 0
+    report = run_ftml("replay-report", "-c", "config.json", "--strategy", GATED, "--json", cwd=project)
     result = json.loads(report.stdout.strip().splitlines()[-1])
     assert report.returncode == 0 and result["unexplained"] == 0, result
     assert result["matched"] >= 5 and result["models"] == {"v1": result["replay_entries"]}
@@ -212,14 +213,14 @@ def test_the_bot_follows_the_registry_fails_closed_and_picks_up_cron(project):
     for _ in range(2):  # B and C: the same trained bundle registered again
         reg.register(store / v1["path"], MODEL)
     db = project / "user_data" / "scenario.sqlite"
-    bot = Bot(project, db, *replay_args("20250601:10", "--replay-until", "20250831"), "trade", "--dry-run", "-c",
-              "config.json", "--strategy", "TrendPullbackML")
+    bot = Bot(project, db, *replay_args("20250601:10", "--replay-until", "20250801"), "trade", "--dry-run", "-c",
+              "config.json", "--strategy", GATED)
     try:
         # Each phase lasts until it has its own trade, not a fixed span of candles: at 1h
         # a replayed candle costs the bot ~0.2 s of freqtrade's refresh and analysis.
-        bot.wait_for("gates long of TrendPullback", open_trade_since=pd.Timestamp(0, tz="UTC"))
+        bot.wait_for(f"gates long of {MODEL}", open_trade_since=pd.Timestamp(0, tz="UTC"))
         reg.promote(MODEL, 2, force=True, reason="B goes live")
-        switched_b = bot.wait_for("switched TrendPullback from v1 to v2 without a restart")
+        switched_b = bot.wait_for(f"switched {MODEL} from v1 to v2 without a restart")
 
         model_file = next((store / reg.version(MODEL, 3)["path"]).glob("model.*"))
         model_file.write_bytes(model_file.read_bytes()[::-1])
@@ -243,7 +244,7 @@ def test_the_bot_follows_the_registry_fails_closed_and_picks_up_cron(project):
         decision = json.loads(cron.stdout.strip().splitlines()[-1])
         assert decision["decision"] == "promoted", decision
         cron_done = bot.now()
-        picked = bot.wait_for(f"switched TrendPullback from no model to v{decision['challenger']}")
+        picked = bot.wait_for(f"switched {MODEL} from no model to v{decision['challenger']}")
         assert picked <= cron_done + pd.Timedelta("1h"), "the promoted model was not picked up on the next candle"
         bot.wait_for(until=str((picked + pd.Timedelta("2h")).tz_localize(None)))
         while_running = bot.log()
