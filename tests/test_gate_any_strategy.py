@@ -180,6 +180,9 @@ def test_bad_strategies_are_one_line_exit_2_and_register_nothing(probe, strategy
     assert not (probe / "registry" / "registry.json").exists()
 
 
+ROWS_RANGE = "20240301-20240601"  # a third of the probe's candles: a few hundred trades
+
+
 def test_training_rows_are_exactly_the_strategys_trades(probe):
     """Every row's realised return is the profit_ratio of the trade freqtrade's own CLI
     makes from that signal candle (stacked backtest, one process), for every row, with the
@@ -188,7 +191,7 @@ def test_training_rows_are_exactly_the_strategys_trades(probe):
     (tmp_path / "bt").mkdir()
     ftml_ok(tmp_path, "freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy", "LabelProbe",
             "--enable-position-stacking", "--max-open-trades", "-1", "--dry-run-wallet", "1000000000000",
-            "--stake-amount", "1", "--export", "trades", "--backtest-directory", "bt")
+            "--stake-amount", "1", "--timerange", ROWS_RANGE, "--export", "trades", "--backtest-directory", "bt")
     trades = load_backtest_stats(tmp_path / "bt")["strategy"]["LabelProbe"]["trades"]
     freqtrade_profit = {(t["pair"], pd.Timestamp(t["open_date"])): t["profit_ratio"] for t in trades
                         if t["exit_reason"] != "force_exit"}
@@ -196,7 +199,7 @@ def test_training_rows_are_exactly_the_strategys_trades(probe):
 
     code = ("import json, sys; from ml.config import load; from ml.dataset import build_trade_dataset; "
             "from ml.trade_labels import strategy_trades; from ml.features import FeatureEngineer; cfg = load('config.json'); "
-            "run = strategy_trades('config.json', 'LabelProbe', engineer=FeatureEngineer(cfg.features, '1h')); "
+            f"run = strategy_trades('config.json', 'LabelProbe', '{ROWS_RANGE}', engineer=FeatureEngineer(cfg.features, '1h')); "
             "d = build_trade_dataset(cfg, run); "
             "print(json.dumps({'rows': [[p, str(t), r, int(y)] for p, t, r, y in "
             "zip(d.pairs, d.times, d.realised, d.y)], 'unresolved': run.unresolved}))")
@@ -248,7 +251,7 @@ def test_the_strategys_own_indicators_as_features_pass_freqtrades_bias_checks(pr
     ftml_ok(root, "registry", "promote", "LabelProbe", "1", "-c", "config.json", "--force", "--reason", "bias test")
     done = ftml_ok(root, "freqtrade", "--offline", "lookahead-analysis", "-c", "config.json", "--strategy",
                    "LabelProbeML", "--timerange", "20240615-20240901", "--minimum-trade-amount", "10",
-                   "--targeted-trade-amount", "20")
+                   "--targeted-trade-amount", "10")  # one backtest per targeted trade
     row = next(ln for ln in done.stdout.splitlines() if "LabelProbeML.py │" in ln)
     cells = [c.strip() for c in row.split("│")[1:-1]]
     assert cells[2] == "No" and cells[4] == "0" and cells[5] == "0" and cells[6] == "", cells
