@@ -31,13 +31,14 @@ from tests.conftest import CALIBRATION_GATES_OFF, REPO, run_ftml, write_config
 pytestmark = pytest.mark.slow
 SAMPLE = Path(freqtrade.__file__).parent / "templates" / "sample_strategy.py"
 PAIRS = ["ETH/BTC", "LTC/BTC", "XMR/BTC", "DASH/BTC", "ETC/BTC", "ZEC/BTC"]
+SAMPLE_PAIRS = PAIRS[:4]  # SampleStrategy at 5m: 320,000 candles, a few thousand trades
 TRAIN_RANGE, LATER = "20240105-20240815", "20240816-"  # 80,000 5m candles end 2024-10-04
 
 
 def sample_project(root: Path, market: str = "null", hour_drift: float = 0.2, candles: int = 80_000) -> Path:
     (root / "strategies").mkdir(parents=True)
     shutil.copy(SAMPLE, root / "strategies" / "sample_strategy.py")  # unmodified
-    exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": PAIRS}
+    exchange = {**json.loads((REPO / "config.json").read_text())["exchange"], "pair_whitelist": SAMPLE_PAIRS}
     # ev_margin 0.004: SampleStrategy wins ~90% of its trades by +1% and loses the rest by
     # -10% (its stoploss); a margin keeps the gate to trades whose EV clearly covers that.
     ml = {"tracking": {"mode": "disabled"}, "registry": {"path": str(root / "registry")},
@@ -45,7 +46,7 @@ def sample_project(root: Path, market: str = "null", hour_drift: float = 0.2, ca
           "training": {"trials": 6, "families": ["lightgbm", "logistic"]}}
     write_config(root / "config.json", exchange=exchange, strategy_path=str(root / "strategies"), timeframe="5m",
                  ml=ml, max_open_trades=5)
-    write_market(root / "user_data" / "data" / "binance", PAIRS, "5m", candles, market, seed=5,
+    write_market(root / "user_data" / "data" / "binance", SAMPLE_PAIRS, "5m", candles, market, seed=5,
                  hour_drift=hour_drift)
     ftml_ok(root, "new-strategy", "-c", "config.json", "--from", "SampleStrategy")  # the one line, written
     gated = (root / "strategies" / "SampleStrategyML.py").read_text()
@@ -93,8 +94,10 @@ def test_gated_sample_strategy_after_the_training_period(sample):
     stats = load_backtest_stats(root / "bt")["strategy"]
     gated, plain = stats["SampleStrategyML"]["trades"], stats["SampleStrategy"]["trades"]
     assert 30 <= len(gated) < len(plain)
-    per_trade = {name: np.mean([t["profit_ratio"] for t in trades]) for name, trades in
+    per_trade = {name: round(float(np.mean([t["profit_ratio"] for t in trades])), 5) for name, trades in
                  (("gated", gated), ("plain", plain))}
+    # Measured (4 pairs): gated 73 trades at +0.71% each, plain 205 at -0.55%.
+    print("SampleStrategy per trade after training:", per_trade, "trades gated", len(gated), "plain", len(plain))
     assert per_trade["gated"] > per_trade["plain"], per_trade
     # Exits are SampleStrategy's own (ROI, its stoploss, its exit signal), never the gate's.
     assert {t["exit_reason"] for t in gated} <= {"roi", "stop_loss", "exit_signal", "force_exit"}
