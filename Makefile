@@ -20,9 +20,9 @@ setup: $(BIN)/ftml
 # tests are mostly single-threaded subprocesses, so two cores roughly halve the wall time.
 # The longest files (worker-seconds, measured) go first, so that the two workers finish
 # together instead of one running a long file it picked up last while the other idles.
-SLOW_TESTS := tests/test_training.py tests/test_gate_any_strategy.py tests/test_replay.py tests/test_retrain.py \
-	tests/test_walkforward.py tests/test_strategies.py tests/test_ensemble.py tests/test_readme.py \
-	tests/test_distributed_tuning.py
+SLOW_TESTS := tests/test_gate_any_strategy.py tests/test_retrain.py tests/test_training.py tests/test_strategies.py \
+	tests/test_walkforward.py tests/test_ensemble.py tests/test_readme.py tests/test_distributed_tuning.py \
+	tests/test_replay.py tests/test_registry.py
 TESTS := $(SLOW_TESTS) $(filter-out $(SLOW_TESTS),$(sort $(wildcard tests/test_*.py)))
 
 test: setup

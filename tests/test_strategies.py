@@ -210,8 +210,9 @@ def test_fails_closed_with_one_log_line(planted, tmp_path, breakage):
             reg.promote(MODEL, version, force=True, reason=breakage)
     (root / "config.json").write_text(json.dumps(cfg))
     (root / "bt").mkdir()
+    # One month after training: ~100 signals of the un-gated strategy on these 8 pairs.
     done = run_ftml("freqtrade", "--offline", "backtesting", "-c", "config.json", "--strategy", "TrendPullbackML",
-                    "--timerange", LATER, "--export", "trades", "--backtest-directory", "bt", cwd=root)
+                    "--timerange", "20250601-20250701", "--export", "trades", "--backtest-directory", "bt", cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_backtest_stats(root / "bt")["strategy"]["TrendPullbackML"]["total_trades"] == 0
     log = done.stdout + done.stderr
