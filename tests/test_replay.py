@@ -216,8 +216,8 @@ def test_the_bot_follows_the_registry_fails_closed_and_picks_up_cron(project):
     bot = Bot(project, db, *replay_args("20250601:10", "--replay-until", "20250801"), "trade", "--dry-run", "-c",
               "config.json", "--strategy", GATED)
     try:
-        # Each phase lasts until it has its own trade, not a fixed span of candles: at 1h
-        # a replayed candle costs the bot ~0.2 s of freqtrade's refresh and analysis.
+        # Each phase lasts until it has its own trade, not a fixed span of candles (every
+        # replayed candle costs time; see the module's docstring).
         bot.wait_for(f"gates long of {MODEL}", open_trade_since=pd.Timestamp(0, tz="UTC"))
         reg.promote(MODEL, 2, force=True, reason="B goes live")
         switched_b = bot.wait_for(f"switched {MODEL} from v1 to v2 without a restart")

@@ -52,10 +52,13 @@ NULL_CUT = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=6000 - 22 *
 
 # One seed (40 s): more null markets are trained by tests/test_ensemble.py (5 seeds),
 # test_strategies, test_retrain and test_walkforward, each refusing what they find.
-def test_null_market_reports_no_edge(tmp_path, seed=0):
+NULL_SEED = 0
+
+
+def test_null_market_reports_no_edge(tmp_path):
     # 16 pairs: the test block must be large enough that its own sampling noise (trades
     # overlap for up to 24 candles) stays well inside the tolerances below.
-    summary = run_training(tmp_path, "null", seed, n_pairs=16, candles=6000)
+    summary = run_training(tmp_path, "null", NULL_SEED, n_pairs=16, candles=6000)
     test = summary["test"]
     assert abs(test["auc"] - 0.5) <= 0.03
     # The raw model too: a constant calibrator would make the calibrated AUC 0.5 whatever
