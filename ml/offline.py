@@ -135,8 +135,13 @@ def _write_cache(config: dict[str, Any], markets: dict[str, Any]) -> None:
 
 
 def install(offline: bool) -> None:
-    """Patch freqtrade's market loading: from disk (offline) or cache after loading (online)."""
+    """Patch freqtrade's market loading: from disk (offline) or cache after loading (online);
+    and its per-pair price precision with the same result, faster (ml.tick_size)."""
     from freqtrade.exchange.exchange import Exchange
+
+    from ml import tick_size
+
+    tick_size.install()
 
     original = Exchange._api_reload_markets
     said = {"source": False}
