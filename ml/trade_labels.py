@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from ml.errors import FtmlError
+from ml.trade_copy import fast_trade_copies
 
 logger = logging.getLogger(__name__)
 UNGATED_KEY = "ftml_ungated"  # config flag: an MLGate strategy passes every entry through
@@ -318,7 +319,8 @@ def strategy_trades(config_path: str | Path, strategy: str, timerange: str | Non
                             f"candles in timerange {timerange}: use a longer timerange.")
     start, end = get_timerange(trimmed)
     try:
-        results = _backtest_by_pair_groups(backtesting, processed, start, end, label_workers(len(processed)))
+        with fast_trade_copies():
+            results = _backtest_by_pair_groups(backtesting, processed, start, end, label_workers(len(processed)))
     except Exception as err:  # noqa: BLE001 - a strategy's own bug, or freqtrade refusing the data
         raise StrategyError(f"freqtrade's backtest of {strategy} failed: {type(err).__name__}: {_first_line(err)}") from err
     if results.empty:
