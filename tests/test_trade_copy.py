@@ -25,15 +25,34 @@ def project(tmp_path_factory):
     return root
 
 
-def labels(root, monkeypatch, fast: bool) -> pd.DataFrame:
-    monkeypatch.setenv("FTML_LABEL_WORKERS", "1")  # in this process, so the spy below sees the copies
-    if not fast:
-        monkeypatch.setattr(trade_labels, "fast_trade_copies", contextlib.nullcontext)
+def labels(root) -> pd.DataFrame:
     return trade_labels.strategy_trades(root / "config.json", "TrendPullback", use_cache=False).trades
 
 
-def test_label_trades_are_the_same_as_with_deepcopy(project, monkeypatch):
-    fast, deep = labels(project, monkeypatch, True), labels(project, monkeypatch, False)
+@pytest.fixture(scope="module")
+def runs(project):
+    """The label trades with deepcopy and with the fast copies; the first 300 copies made in
+    the fast run, each next to deepcopy's copy of the same trade at the same moment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FTML_LABEL_WORKERS", "1")  # in this process, so the spy below sees the copies
+        patch.setattr(trade_labels, "fast_trade_copies", contextlib.nullcontext)
+        deep = labels(project)
+        patch.undo()
+        patch.setenv("FTML_LABEL_WORKERS", "1")
+        seen, original = [], trade_copy.copy_for_callback
+
+        def spy(obj, memo=None):
+            if len(seen) < 300:
+                seen.append((obj, copy.deepcopy(obj), original(obj)))
+            return original(obj, memo)
+
+        patch.setattr(trade_copy, "copy_for_callback", spy)
+        fast = labels(project)
+    return deep, fast, seen
+
+
+def test_label_trades_are_the_same_as_with_deepcopy(runs):
+    deep, fast, _ = runs
     assert len(fast) > 100
     pd.testing.assert_frame_equal(fast, deep)
 
@@ -42,17 +61,8 @@ def plain(obj) -> dict:
     return {k: v for k, v in vars(obj).items() if k not in ("orders", "_sa_instance_state", "_trade_bt")}
 
 
-def test_each_copy_equals_deepcopys_and_is_as_independent(project, monkeypatch):
-    seen = []
-    original = trade_copy.copy_for_callback
-
-    def spy(obj, memo=None):
-        if len(seen) < 300:
-            seen.append((obj, copy.deepcopy(obj), original(obj)))
-        return original(obj, memo)
-
-    monkeypatch.setattr(trade_copy, "copy_for_callback", spy)
-    labels(project, monkeypatch, True)
+def test_each_copy_equals_deepcopys_and_is_as_independent(runs):
+    seen = runs[2]
     assert len(seen) == 300
     for trade, deep, fast in seen:
         assert fast is not trade and type(fast) is type(deep)
@@ -72,12 +82,8 @@ def test_each_copy_equals_deepcopys_and_is_as_independent(project, monkeypatch):
         assert plain(trade) == before and [plain(o) for o in trade.orders] == orders_before
 
 
-def test_a_trade_holding_anything_else_is_deep_copied(project, monkeypatch):
-    seen = []
-    monkeypatch.setattr(trade_copy, "copy_for_callback",
-                        lambda obj, memo=None: seen.append(obj) or copy.deepcopy(obj, memo))
-    labels(project, monkeypatch, True)
-    trade = seen[0]
+def test_a_trade_holding_anything_else_is_deep_copied(runs):
+    trade = runs[2][0][0]
     trade.notes = ["a list the strategy could change"]
     copied = trade_copy.copy_for_callback(trade)
     assert copied.notes == trade.notes and copied.notes is not trade.notes
