@@ -7,8 +7,7 @@ decimals. That was ~20 us per candle and pair, ~10% of a label backtest. The sam
 significant digits are found with numpy arithmetic, and wherever float rounding could
 change them (a fraction near one half) with Python's ``%.13e``, which rounds exactly as
 Dragon4 does (half to even on the exact binary value; a test compares them on dyadic ties,
-real and synthetic prices). The columns freqtrade adds to the
-candles as a side effect (``open_count`` ... ``max_count``, which strategies then see) are
+real and synthetic prices). The columns freqtrade adds to the candles as a side effect (``open_count`` ... ``max_count``, which strategies then see) are
 added too, with the same values and dtypes: nothing downstream can tell the difference.
 """
 
@@ -29,15 +28,15 @@ def decimal_count(prices: pd.Series) -> pd.Series:
     positive = np.isfinite(values) & (values > 0)  # 0, NaN and inf have no decimals
     x = values[positive]
     # The 14 significant digits as an integer: x * 10^(13 - exponent), rounded. Float
-    # arithmetic is off by < 0.04 here (two roundings of a number below 1e14), so a value is settled only when its fraction is
-    # not near one half and the integer has 14 digits; the rest (a few percent) are
-    # formatted exactly by Python.
+    # arithmetic is off by < 0.04 here (two roundings of a number below 1e14), so a value
+    # is settled only when its fraction is not near one half and the integer has 14
+    # digits; the rest (a few percent) are formatted exactly by Python.
     exponent = np.floor(np.log10(x))
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # below ~1e-295: inf, settled by Python
         scaled = x * 10.0 ** (13 - exponent)
-    digits = np.rint(scaled)
-    settled = (np.abs(scaled - np.floor(scaled) - 0.5) > 0.05) & (digits >= 1e13) & (digits < 1e14)
-    rest = digits.astype(np.int64)
+        digits = np.rint(scaled)
+        settled = (np.abs(scaled - np.floor(scaled) - 0.5) > 0.05) & (digits >= 1e13) & (digits < 1e14)
+    rest = np.where(settled, digits, 1).astype(np.int64)  # (unsettled: no overflow, no zero)
     trailing_zeros = np.zeros(len(x), dtype=np.int64)
     ending_in_zero = np.flatnonzero(rest % 10 == 0)
     while ending_in_zero.size:

@@ -33,10 +33,11 @@ def candles(prices: np.ndarray) -> pd.DataFrame:
 
 # Dyadic values with a 5 in the 15th significant digit (exact ties for 14 digits), values
 # at and next to powers of ten (where a logarithm can be off by one), rounding up to the
-# next power (9.99999999999995e-4), whole numbers, zero, huge and tiny values.
+# next power (9.99999999999995e-4), whole numbers, zero, huge and tiny values (down to
+# subnormal, where the float path overflows).
 EDGES = [3277 / 2**15, 13107 / 2**17, 0.001, np.nextafter(0.001, 1), np.nextafter(0.001, 0), 1e-5, 9.99999999999995e-4,
          9.999999999999949e-4, 1.0, 10.0, 5.0, 5.5, 0.0, 123456789012345.6, 1e15, 1e-9, 2.5e-8, 0.1 + 0.2,
-         12345678901234.5, 1234567890123.45]
+         12345678901234.5, 1234567890123.45, 1e-300, 5e-324]
 
 
 def test_edge_values_count_as_freqtrade_counts():
