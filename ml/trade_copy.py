@@ -36,9 +36,13 @@ def copy_for_callback(obj: Any, memo: dict | None = None) -> Any:
     return copy.deepcopy(obj, memo)
 
 
+def _immutable_except(values: dict[str, Any], links: tuple[str, ...]) -> bool:
+    return all(isinstance(v, _IMMUTABLE) for k, v in values.items() if k not in links)
+
+
 def _copy_backtest_trade(trade) -> Any | None:
     values = trade.__dict__
-    if not all(isinstance(v, _IMMUTABLE) for k, v in values.items() if k != "orders"):
+    if not _immutable_except(values, ("orders",)):
         return None
     orders = values.get("orders", [])
     if not isinstance(orders, list) or not all(_plain_order(o, trade) for o in orders):
@@ -53,8 +57,7 @@ def _plain_order(order, trade) -> bool:
     from freqtrade.persistence.trade_model import Order
 
     values = order.__dict__
-    return (type(order) is Order and values.get("_trade_bt", trade) is trade
-            and all(isinstance(v, _IMMUTABLE) for k, v in values.items() if k not in _ORDER_LINKS))
+    return type(order) is Order and values.get("_trade_bt", trade) is trade and _immutable_except(values, _ORDER_LINKS)
 
 
 def _copy_order(order, trade):
