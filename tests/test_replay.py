@@ -187,7 +187,10 @@ class Bot:
                 if since is None or pd.Timestamp(opened, tz="UTC") >= since]
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)  # freqtrade's own clean shutdown
+        # A replay that reached --replay-until is already shutting down (measured: a SIGINT
+        # landing in that shutdown once left the interpreter hanging): it is only waited for.
+        if self.process.poll() is None and "Replay finished" not in self.log():
+            self.process.send_signal(signal.SIGINT)  # freqtrade's own clean shutdown
         return self.process.wait(timeout=120)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from ml.registry import open_registry
 from ml.synth import write_market
-from tests.conftest import CALIBRATION_GATES_OFF, REPO, write_config
+from tests.conftest import CALIBRATION_GATES_OFF, REPO, run_ftml, write_config
 
 pytestmark = pytest.mark.slow
 PAIRS = [f"P{i}/BTC" for i in range(8)]
@@ -50,7 +50,7 @@ def retrain(root: Path, *args: str, wait=True, config="config.json"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
+    done = run_ftml(*cmd[3:], cwd=root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -202,6 +202,5 @@ def test_a_tampered_champion_stops_the_run_before_any_work(planted, tmp_path):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
-    done = subprocess.run([sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json"], cwd=copy,
-                          capture_output=True, text=True, timeout=300)
+    done = run_ftml("retrain", "-c", "config.json", cwd=copy, timeout=300)
     assert done.returncode == 2 and "fails verification" in done.stderr and "rollback" in done.stderr

@@ -17,7 +17,7 @@ from ml.demo import _ranges
 from ml.registry import ProductionMoved, open_registry
 from ml.retrain import Retrain, _read_owner, logloss_refusal, paired_gain, row_log_loss
 from ml.synth import write_market
-from tests.conftest import write_config
+from tests.conftest import run_ftml, write_config
 from tests.test_registry import bundle  # noqa: F401
 
 HOUR = np.timedelta64(1, "h")
@@ -69,8 +69,7 @@ def test_an_unreadable_lock_owner_file_is_tolerated(tmp_path):
     user_data.mkdir()
     (user_data / "retrain.lock.json").write_text('{"pid": 4')  # a holder caught mid-write
     with FileLock(str(user_data / "retrain.lock")):
-        done = subprocess.run([sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        done = run_ftml("retrain", "-c", "config.json", cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["decision"] == "locked"
 
@@ -122,8 +121,7 @@ def test_scratch_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
     write_config(tmp_path / "config.json", ml={"tracking": {"mode": "disabled"}, "training": {"strategy": "TrendPullback"}})
     stale = tmp_path / "user_data" / "retrain-tmp" / "challenger-abc123"
     (stale / "registry").mkdir(parents=True)
-    done = subprocess.run([sys.executable, "-m", "ml.cli", "retrain", "-c", "config.json"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = run_ftml("retrain", "-c", "config.json", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "No 1h candles" in done.stderr  # a real failure, said in one line
     assert not stale.exists()
     assert "removed 1 scratch folders" in (tmp_path / "user_data" / "logs" / "retrain.log").read_text()
