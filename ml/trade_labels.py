@@ -113,7 +113,12 @@ def backtest_config(config_path: str | Path, strategy: str, timerange: str | Non
 
     args = {"config": [str(config_path)], "strategy": strategy, "timerange": timerange}
     try:
-        config = setup_utils_configuration(args, RunMode.BACKTEST)
+        try:
+            config = setup_utils_configuration(args, RunMode.BACKTEST)
+        except FileExistsError:
+            # freqtrade checks, then creates, the user_data folders: training workers started
+            # together on a fresh project race there. The folder is there now; once more.
+            config = setup_utils_configuration(args, RunMode.BACKTEST)
     except Exception as err:  # freqtrade raises its own exception types for a bad config
         raise StrategyError(f"freqtrade cannot read {config_path}: {_first_line(err)}") from err
     if pairs:

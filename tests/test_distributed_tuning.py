@@ -213,3 +213,27 @@ def test_walkforward_trains_its_steps_in_worker_processes_into_a_postgres_storag
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage=postgres_url)}
     assert all(names[f"wf-{report['model']}-{r['challenger_training']['cache_key']}"].n_trials == 2
                for r in report["decisions"])
+
+
+def test_user_data_folders_made_by_another_worker_meanwhile_are_no_error(tmp_path, monkeypatch):
+    """Workers started together on a fresh project: freqtrade checks, then creates, each
+    user_data folder, and another worker can create it in between (measured once, here:
+    `[Errno 17] File exists: .../user_data/hyperopt_results`)."""
+    import freqtrade.configuration.configuration as ft_configuration
+
+    from ml.trade_labels import backtest_config
+
+    write_config(tmp_path / "config.json")
+    (tmp_path / "user_data").mkdir()
+    original, calls = ft_configuration.create_userdata_dir, []
+
+    def raced(directory, create_dir=False):
+        calls.append(directory)
+        folder = original(directory, create_dir=create_dir)
+        if len(calls) == 1:  # the other worker made hyperopt_results between check and mkdir
+            raise FileExistsError(17, "File exists", str(folder / "hyperopt_results"))
+        return folder
+
+    monkeypatch.setattr(ft_configuration, "create_userdata_dir", raced)
+    config = backtest_config(tmp_path / "config.json", "TrendPullback", None)
+    assert len(calls) == 2 and config["position_stacking"] and (tmp_path / "user_data" / "hyperopt_results").is_dir()
