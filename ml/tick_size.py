@@ -7,8 +7,9 @@ decimals. That was ~20 us per candle and pair, ~10% of a label backtest. The sam
 significant digits are found with numpy arithmetic, and wherever float rounding could
 change them (a fraction near one half) with Python's ``%.13e``, which rounds exactly as
 Dragon4 does (half to even on the exact binary value; a test compares them on dyadic ties,
-real and synthetic prices). The columns freqtrade adds to the candles as a side effect (``open_count`` ... ``max_count``, which strategies then see) are
-added too, with the same values and dtypes: nothing downstream can tell the difference.
+real and synthetic prices). The columns freqtrade adds to the candles as a side effect
+(``open_count`` ... ``max_count``, which strategies then see) are added too, with the same
+values and dtypes: nothing downstream can tell the difference.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,15 +59,25 @@ def run_ftml(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None)
     return subprocess.CompletedProcess(command, reply["returncode"], stdout, stderr)
 
 
+def as_a_shell_starts_it() -> None:
+    """preexec_fn: SIGINT and SIGQUIT at their defaults in the child, as a shell starts a
+    command. Measured: late in the suite a pytest worker holds both ignored (the mark C's
+    system() leaves), a child inherits that, and a replayed bot then ignored the SIGINT
+    that stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class _Zygote:
-    """This worker's tests/ftml_zygote.py process, started on first use."""
+    """This worker's tests/ftml_zygote.py process, started on first use; its forks inherit
+    the signal dispositions it starts with."""
 
     def __init__(self) -> None:
         self.log = Path(tempfile.mkstemp(prefix="ftml-zygote-", suffix=".log")[1])
         with self.log.open("w") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "tests.ftml_zygote"], cwd=REPO, text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=as_a_shell_starts_it)
         self._reply()  # {"ready": pid} once its imports are done
 
     def _reply(self) -> dict:

@@ -33,10 +33,6 @@ PRELOAD = (
 def _run_child(request: dict) -> None:
     """In the forked child: become the command's process and run it; never returns."""
     os.setpgid(0, 0)  # its own group: a timeout kills it and every worker it forked
-    # Ctrl-C and SIGQUIT as a shell leaves them, whatever the pytest worker held when it
-    # started the zygote (late in the suite it holds both ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDONLY)
     out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

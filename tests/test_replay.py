@@ -28,7 +28,12 @@ import pytest
 from ml.errors import FtmlError
 from ml.registry import open_registry
 from ml.replay import FREQTRADE_CHECKED, PATCHED, parse_replay
-from tests.conftest import CALIBRATION_GATES_OFF, gated_strategy_project, run_ftml
+from tests.conftest import (
+    CALIBRATION_GATES_OFF,
+    as_a_shell_starts_it,
+    gated_strategy_project,
+    run_ftml,
+)
 
 PAIRS = ["P0/BTC", "P1/BTC", "P2/BTC"]
 MODEL = "EveryFewHours"
@@ -138,14 +143,6 @@ def test_live_entries_equal_the_backtest_entries(project):
     print("replay vs backtest:", {k: v if not isinstance(v, list) else len(v) for k, v in result.items()})
 
 
-def _as_a_shell_starts_it() -> None:
-    """SIGINT and SIGQUIT at their defaults in the bot. Measured: late in the suite the
-    pytest worker holds both ignored (the mark C's system() leaves), a child inherits that,
-    and the bot then ignored the SIGINT that stops it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-
-
 class Bot:
     """The replay bot in a child process, its log a file this test reads while it runs."""
 
@@ -156,7 +153,7 @@ class Bot:
         with open(self.log_file, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "ml.cli", *args, "--db-url", f"sqlite:///{db}"],
-                cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_as_a_shell_starts_it)
+                cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=as_a_shell_starts_it)
 
     def log(self) -> str:
         return self.log_file.read_text()
@@ -195,8 +192,7 @@ class Bot:
                 if since is None or pd.Timestamp(opened, tz="UTC") >= since]
 
     def stop(self) -> int:
-        # A replay that reached --replay-until is already shutting down (measured: a SIGINT
-        # landing in that shutdown once left the interpreter hanging): it is only waited for.
+        # A replay that reached --replay-until ends by itself: it is only waited for.
         if self.process.poll() is None and "Replay finished" not in self.log():
             self.process.send_signal(signal.SIGINT)  # freqtrade's own clean shutdown
         return self.process.wait(timeout=120)

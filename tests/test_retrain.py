@@ -46,11 +46,11 @@ def market(root: Path, kind: str, candles: int, **process) -> None:
 
 
 def retrain(root: Path, *args: str, wait=True, config="config.json"):
-    cmd = [sys.executable, "-m", "ml.cli", "retrain", "-c", config, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ("retrain", "-c", config, *args)
     if not wait:
-        return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    done = run_ftml(*cmd[3:], cwd=root, timeout=900)
+        return subprocess.Popen([sys.executable, "-m", "ml.cli", *args], cwd=root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_ftml(*args, cwd=root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
